@@ -1,0 +1,53 @@
+"""Digits: scikit-learn's 1,797 8x8 handwritten digits.
+
+Test split: 20%, stratified, random_state=0; 10% of the rest for validation.
+Staged: raw pixels + logistic regression, PCA + SVM. End-to-end: a small CNN from pixels.
+"""
+
+from __future__ import annotations
+
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import SVC
+from torch import nn
+
+from endtoend.data import RandomAffine, Splits, load_digits_images, stratified_splits
+from endtoend.recipes.staged import Flatten
+
+NAME = "digits"
+DESCRIPTION = "1,797 8x8 digits (scikit-learn): pixels+LR, PCA+SVM vs a small CNN from pixels"
+METRIC = "accuracy"
+HIGHER_IS_BETTER = True
+
+
+def load_data(small: bool = False) -> Splits:
+    splits = stratified_splits(*load_digits_images(), test=0.2, val=0.1, random_state=0)
+    if small:
+        splits.train = (splits.train[0][:512], splits.train[1][:512])
+    return splits
+
+
+def staged_pipelines(seed: int = 0) -> dict:
+    return {
+        "raw pixels + logistic regression": make_pipeline(Flatten(), LogisticRegression(max_iter=2000)),
+        "PCA + SVM": make_pipeline(Flatten(), PCA(n_components=32, random_state=seed), SVC(C=10)),
+    }
+
+
+def build_model(small: bool = False) -> nn.Module:
+    width = 8 if small else 32
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
+    )
+
+
+def training(small: bool = False) -> dict:
+    return dict(
+        loss="cross_entropy", metrics=["accuracy"], epochs=3 if small else 20, batch_size=32,
+        lr=3e-3, weight_decay=5e-4, schedule="one-cycle",
+        transforms=RandomAffine(degrees=8, scale=0.08, translate=0.1),
+    )

@@ -1,0 +1,218 @@
+"""Checkpoints that are safe (never pickle), atomic (whole or absent) and exact.
+
+Layout of one checkpoint::
+
+    checkpoints/step-00000420/
+        model.safetensors       the model's state_dict
+        optimizer.safetensors   the optimizer's per-parameter tensors ("state.<index>.<key>")
+        state.json              step, epoch, RNG states, sampler position, history, the
+                                run's identity fields, and the sha256 of the other files
+
+A checkpoint is written into a hidden temporary folder, every file is fsynced, then the
+folder is renamed into place (rename is atomic on POSIX), so a kill at any instant leaves
+the old checkpoint or the new one, never half of one. Loading reads safetensors and JSON
+only; a folder that holds a pickle file is refused and nothing in it is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from endtoend.errors import UsageError
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
+_STEP_FOLDER = re.compile(r"^step-(\d{8})$")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder failed verification (missing file, bad checksum, unreadable)."""
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def step_folder_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over the state_dict's tensors sorted by name (name, dtype, shape, raw bytes).
+
+    Two models with bit-identical weights give the same hash on any device.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied weights), so every entry is
+    # written from its own contiguous CPU copy.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer_tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint `step` under `root` atomically and return its folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_folder_name(step)
+    tmp = root / f".tmp-{step_folder_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_cpu_copies(model_state), str(tmp / MODEL_FILE))
+    save_file(_cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
+    state = dict(state, step=step, files={
+        name: sha256_file(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE)
+    })
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        _fsync(tmp / name)
+    _fsync(tmp)
+    if final.exists():  # the same step saved twice (e.g. end of epoch == checkpoint step)
+        shutil.rmtree(tmp)
+        return final
+    os.rename(tmp, final)
+    _fsync(root)
+    return final
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Raise UsageError when `folder` holds a pickle file; nothing is ever unpickled."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise UsageError(
+                f"checkpoint {folder} holds a pickle file ({path.name}); endtoend never "
+                "unpickles (it can run arbitrary code): delete the file or resume from another run"
+            )
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """Verify every checksum in `folder` and load it (safetensors and JSON only)."""
+    refuse_pickles(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        for name, expected in state["files"].items():
+            if sha256_file(folder / name) != expected:
+                raise CorruptCheckpoint(f"{name} does not match its checksum")
+        return Checkpoint(
+            folder=folder,
+            model=load_file(str(folder / MODEL_FILE)),
+            optimizer=load_file(str(folder / OPTIMIZER_FILE)),
+            state=state,
+        )
+    except CorruptCheckpoint:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpoint(f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # safetensors raises its own error type on a truncated file
+        raise CorruptCheckpoint(f"{type(err).__name__}: {err}") from err
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Completed checkpoint folders under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP_FOLDER.match(p.name)]
+    return sorted(found, key=lambda p: int(_STEP_FOLDER.match(p.name).group(1)))
+
+
+def load_latest_checkpoint(root: Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint whose checksums verify; older ones are tried in turn.
+
+    Each corrupt checkpoint skipped is reported through `warn` in one line naming it.
+    Returns None when `root` holds no checkpoint at all; raises UsageError when it holds
+    some but none is intact.
+    """
+    folders = list_checkpoints(root)
+    if not folders:
+        return None
+    for folder in reversed(folders):
+        try:
+            return read_checkpoint(folder)
+        except CorruptCheckpoint as err:
+            warn(f"checkpoint {folder} is corrupt ({err}); trying the previous one")
+    raise UsageError(f"no intact checkpoint under {root}: every one failed its checksum; start a new run")
+
+
+def prune_checkpoints(root: Path, keep_last: int = 3, keep: set[int] | None = None) -> None:
+    """Delete all but the newest `keep_last` checkpoints and the steps in `keep` (the best)."""
+    folders = list_checkpoints(root)
+    protected = {p for p in folders[-keep_last:]} | {
+        p for p in folders if int(p.name.split("-")[1]) in (keep or set())
+    }
+    for folder in folders:
+        if folder not in protected:
+            shutil.rmtree(folder)
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able groups."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if not isinstance(value, torch.Tensor):
+                value = torch.tensor(value)
+            tensors[f"state.{index}.{key}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    """Inverse of `optimizer_to_tensors`: load the saved state into `optimizer`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    current = optimizer.state_dict()["param_groups"]
+    restored = []
+    for saved, live in zip(groups, current):
+        group = dict(saved)
+        for k, v in live.items():  # keep tuples as the optimizer expects them
+            if isinstance(v, tuple) and k in group:
+                group[k] = tuple(group[k])
+        restored.append(group)
+    optimizer.load_state_dict({"state": state, "param_groups": restored})

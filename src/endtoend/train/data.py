@@ -1,0 +1,119 @@
+"""Turning what the user passes as `train`/`val`/`test` into batches on the device.
+
+Two paths:
+
+- **tensors** `(inputs, targets)`: moved to the device once, batched by indexing a
+  permutation that is a pure function of (seed, epoch). No DataLoader, no per-sample
+  Python; the sampler position is just (epoch, batch index), so resume is exact.
+- **any iterable of (inputs, targets) batches** (a DataLoader) for data that does not fit
+  in memory; each batch is moved to the device as it arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from endtoend.errors import UsageError
+
+
+@dataclass
+class TensorData:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def _to_tensor(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+
+
+def as_data(data: Any, split: str, device: torch.device) -> TensorData | Any:
+    """Validate one split; tensors (or numpy arrays) go to the device once."""
+    if data is None:
+        return None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+        inputs, targets = _to_tensor(data[0]), _to_tensor(data[1])
+        if inputs.shape[0] != targets.shape[0]:
+            raise UsageError(
+                f"{split} data: inputs have {inputs.shape[0]} rows but targets have "
+                f"{targets.shape[0]}; pass (inputs, targets) with one target per input"
+            )
+        for name, tensor in (("inputs", inputs), ("targets", targets)):
+            if tensor.is_floating_point():
+                bad = (~torch.isfinite(tensor)).sum().item()
+                if bad:
+                    raise UsageError(
+                        f"{split} {name} hold {bad} non-finite values (NaN or Inf); "
+                        "clean or impute them before training"
+                    )
+        return TensorData(inputs.to(device), targets.to(device))
+    if hasattr(data, "__iter__"):
+        return data
+    raise UsageError(
+        f"{split} data must be (inputs, targets) tensors or an iterable of batches, "
+        f"got {type(data).__name__}"
+    )
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The order of epoch `epoch`: a function of (seed, epoch) alone, never of global RNG."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def steps_per_epoch(data: TensorData | Any, batch_size: int, world_size: int = 1) -> int:
+    """Training steps in one epoch (tensor path drops the last partial batch)."""
+    if isinstance(data, TensorData):
+        return max(len(data) // batch_size, 1)
+    if hasattr(data, "__len__"):
+        return len(data)
+    raise UsageError(
+        "the training iterable has no len(); pass a DataLoader (or anything with __len__) "
+        "so the schedule knows the number of steps"
+    )
+
+
+def train_batches(
+    data: TensorData | Any, batch_size: int, seed: int, epoch: int, start: int,
+    device: torch.device, rank: int = 0, world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training batches of `epoch` from batch index `start` on.
+
+    Under torchrun every rank walks the same global permutation and takes its own
+    interleaved share of each global batch, so the sampler position is rank-independent.
+    """
+    if isinstance(data, TensorData):
+        n = len(data)
+        size = min(batch_size, n)
+        order = epoch_permutation(n, seed, epoch, device)
+        for index in range(start, steps_per_epoch(data, batch_size)):
+            rows = order[index * size:(index + 1) * size][rank::world_size]
+            yield data.inputs[rows], data.targets[rows]
+        return
+    for index, batch in enumerate(data):
+        if index < start:
+            continue
+        yield move_batch(batch, device)
+
+
+def move_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise UsageError(f"each batch must be an (inputs, targets) pair, got {type(batch).__name__}")
+    inputs, targets = batch
+    return (inputs.to(device, non_blocking=True) if isinstance(inputs, torch.Tensor) else inputs,
+            targets.to(device, non_blocking=True) if isinstance(targets, torch.Tensor) else targets)
+
+
+def eval_batches(data: TensorData | Any, batch_size: int, device: torch.device):
+    if isinstance(data, TensorData):
+        for start in range(0, len(data), batch_size):
+            yield data.inputs[start:start + batch_size], data.targets[start:start + batch_size]
+        return
+    for batch in data:
+        yield move_batch(batch, device)
