@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,11 +171,15 @@ def fit(
         ckpt.prune_checkpoints(root, keep_last=3, keep={best["step"]} if best["step"] is not None else set())
 
     # --- check the first batch before spending time on training --------------------------
+    # Drawing it (a DataLoader shuffles from the global RNG) must not shift any RNG stream.
+    rng_before_checks = capture_rng()
     first_inputs, first_targets = next(iter(train_batches(train_data, batch_size, seed, 0, 0, dev, rank, world_size)))
     _check_output_fits_targets(network, loss_fn, first_inputs, first_targets)
     audit_report = None
     if audit != "off" and loaded is None:
         audit_report = _run_audit(network, first_inputs, first_targets, loss_fn, audit, bar)
+    restore_rng(rng_before_checks)
+    del first_inputs, first_targets
 
     # --- the loop -------------------------------------------------------------------------
     network.train()
@@ -342,7 +347,10 @@ def _check_output_fits_targets(network: nn.Module, loss_fn: Callable, inputs: An
         try:
             outputs = network(inputs[:2] if isinstance(inputs, torch.Tensor) else inputs)
             small_targets = targets[:2] if isinstance(targets, torch.Tensor) else targets
-            value = loss_fn(outputs, small_targets)
+            with warnings.catch_warnings():
+                # mse_loss & co. broadcast (B, 1) against (B,) with only a warning: make it an error.
+                warnings.filterwarnings("error", message=".*target size.*different to the input size")
+                value = loss_fn(outputs, small_targets)
         except Exception as err:  # noqa: BLE001 - any failure here is the user's shapes
             detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             shown = f"model output shape {_shape(outputs)}" if "outputs" in locals() else "the model"

@@ -1,0 +1,137 @@
+"""fit: the Keras-simple path, determinism, both data paths, transforms, run directory, errors."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import endtoend
+from endtoend.errors import UsageError
+
+
+def toy(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, (x[:, 0] - x[:, 1] > 0).long()
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
+
+
+def test_one_line_fit_learns_a_separable_task():
+    x, y = toy()
+    run = endtoend.fit(mlp(), (x, y), test=(x, y), metrics=["accuracy"], epochs=15, lr=1e-2, progress=False)
+    assert run.metrics["test_accuracy"] > 0.95
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    assert run.folder is None
+
+
+def test_same_seed_gives_bit_identical_weights_and_other_seed_does_not():
+    x, y = toy()
+    hashes = [endtoend.fit(mlp(), (x, y), epochs=2, seed=s, progress=False).weights_sha256 for s in (3, 3, 4)]
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_dataloader_path_trains_like_the_tensor_path():
+    x, y = toy()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    run = endtoend.fit(mlp(), loader, test=(x, y), metrics=["accuracy"], epochs=15, lr=1e-2, progress=False)
+    assert run.steps == 15 * len(loader)
+    assert run.metrics["test_accuracy"] > 0.95
+
+
+def test_transforms_run_on_training_batches_only():
+    seen = []
+
+    class Record(nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return x
+
+    x, y = toy(64)
+    endtoend.fit(mlp(), (x, y), val=(x, y), transforms=Record(), epochs=1, batch_size=16, progress=False, audit="off")
+    # 1 shape check (eval) + 4 training batches (train) + validation batches (eval)
+    assert seen.count(True) == 4 and seen[1:5] == [True] * 4
+
+
+def test_run_directory_holds_every_artifact(tmp_path):
+    x, y = toy()
+    run = endtoend.fit(mlp(), (x, y), val=(x, y), test=(x, y), metrics=["accuracy"], epochs=2,
+                       out=tmp_path / "run", progress=False, config={"recipe": "toy"})
+    folder = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "summary.json", "report.html"):
+        assert (folder / name).is_file(), name
+    assert any((folder / "tb").iterdir())
+    config = json.loads((folder / "config.json").read_text())
+    assert config["epochs"] == 2 and config["recipe"] == "toy" and config["optimizer"] == "AdamW"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["recipe"] == "toy" and summary["weights_sha256"] == run.weights_sha256
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+    first = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"step", "epoch", "split", "name", "value", "time"}
+    checkpoints = sorted(p.name for p in (folder / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert checkpoints == ["step-00000004", "step-00000008"]
+    assert "<img src=\"data:image/png;base64," in (folder / "report.html").read_text()
+
+
+def test_only_the_last_three_and_the_best_checkpoints_are_kept(tmp_path):
+    x, y = toy(64)
+    endtoend.fit(mlp(), (x, y), val=(x, y), epochs=6, batch_size=16, out=tmp_path, progress=False, lr=1e-2)
+    best = json.loads((tmp_path / "checkpoints" / "best.json").read_text())["step"]
+    kept = sorted(int(p.name[5:]) for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert kept[-3:] == [16, 20, 24] and best in kept and len(kept) <= 4
+
+
+def test_existing_output_folder_is_refused_and_left_untouched(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    x, y = toy(32)
+    with pytest.raises(UsageError, match="already exists"):
+        endtoend.fit(mlp(), (x, y), epochs=1, out=tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_output_shape_that_does_not_fit_the_targets_names_both_shapes():
+    x, y = toy(32)
+    with pytest.raises(UsageError, match=r"\(2, 2\).*\(2, 3\)"):
+        endtoend.fit(mlp(), (x, torch.randn(32, 3)), loss="mse", epochs=1, progress=False)
+
+
+def test_non_finite_inputs_are_refused_with_a_count():
+    x, y = toy(32)
+    x[3, 2] = float("nan")
+    x[5, 0] = float("inf")
+    with pytest.raises(UsageError, match="train inputs hold 2 non-finite"):
+        endtoend.fit(mlp(), (x, y), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"schedule": "sawtooth"}, "schedule must be one of"),
+    ({"optimizer": "lion"}, "unknown optimizer"),
+    ({"loss": "hinge"}, "unknown loss"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"resume": True}, "resume=True needs out="),
+])
+def test_bad_arguments_get_one_clear_error(kwargs, message):
+    x, y = toy(32)
+    with pytest.raises(UsageError, match=message):
+        endtoend.fit(mlp(), (x, y), progress=False, **{"epochs": 1, **kwargs})
+
+
+def test_schedules_reach_their_peak_and_decay():
+    from endtoend.train.schedules import lr_factor
+
+    one_cycle = [lr_factor("one-cycle", s, 100) for s in range(100)]
+    assert one_cycle[0] == pytest.approx(1 / 25) and max(one_cycle) == pytest.approx(1.0, abs=0.01)
+    assert one_cycle[-1] < 1e-3
+    assert lr_factor("cosine", 99, 100) < 0.01 and lr_factor("constant", 99, 100) == 1.0
+
+
+def test_a_silently_broadcasting_target_shape_is_refused():
+    x, _ = toy(32)
+    model = nn.Linear(6, 1)
+    with pytest.raises(UsageError, match=r"output shape \(2, 1\) does not fit target shape \(2,\)"):
+        endtoend.fit(model, (x, torch.randn(32)), loss="mse", epochs=1, progress=False)
