@@ -93,7 +93,9 @@ def train_batches(
         size = min(batch_size, n)
         order = epoch_permutation(n, seed, epoch, device)
         for index in range(start, steps_per_epoch(data, batch_size)):
-            rows = order[index * size:(index + 1) * size][rank::world_size]
+            rows = order[index * size:(index + 1) * size]
+            if world_size > 1:
+                rows = rows[rank::world_size]
             yield data.inputs[rows], data.targets[rows]
         return
     for index, batch in enumerate(data):

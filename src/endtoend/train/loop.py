@@ -196,8 +196,7 @@ def fit(
         if batch_in_epoch > 0:
             batches = _prime(batches)
             restore_rng(resumed_rng)
-        running = torch.zeros((), dtype=torch.float64, device=dev)
-        running_count = 0
+        recent_losses: list[torch.Tensor] = []  # detached; summed at log time (one sync)
         for inputs, targets in batches:
             factor = lr_factor(schedule, step, total_steps)
             for group, peak in zip(opt.param_groups, peak_lrs):
@@ -209,14 +208,13 @@ def fit(
             opt.step()
             step += 1
             batch_in_epoch += 1
-            running += loss_value.detach()
-            running_count += 1
+            recent_losses.append(loss_value.detach())
             if step % log_every == 0 or batch_in_epoch == per_epoch:
-                mean_loss = running.item() / running_count  # the one sync per log interval
-                epoch_loss_sum += mean_loss * running_count
-                epoch_loss_count += running_count
-                running.zero_()
-                running_count = 0
+                count = len(recent_losses)
+                mean_loss = torch.stack(recent_losses).double().sum().item() / count
+                epoch_loss_sum += mean_loss * count
+                epoch_loss_count += count
+                recent_losses.clear()
                 writer.log(step, epoch, "train", "loss", mean_loss)
                 writer.log(step, epoch, "train", "lr", peak_lrs[0] * factor)
                 bar.update(step, epoch, epochs, mean_loss)

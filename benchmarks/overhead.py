@@ -1,0 +1,143 @@
+"""Per-step overhead of `endtoend.fit` vs a hand-written raw loop vs PyTorch Lightning.
+
+Same model, same data (tensors already in memory), same optimizer (AdamW) and batch size.
+Each trainer runs E1 and E2 epochs; the per-step time is (t(E2) - t(E1)) / extra steps, so
+start-up costs (imports, first-batch checks, the audit) cancel out. Median of `--repeats`.
+
+    python benchmarks/overhead.py [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import endtoend
+
+
+def small_cnn() -> nn.Module:
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+    return nn.Sequential(block(1, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def tiny_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def data(n: int = 2048):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def raw_loop(build, x, y, epochs, batch_size):
+    torch.manual_seed(0)
+    model = build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(len(x) // batch_size):
+            rows = order[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(model(x[rows]), y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def endtoend_fit(build, x, y, epochs, batch_size):
+    torch.manual_seed(0)
+    endtoend.fit(build(), (x, y), epochs=epochs, batch_size=batch_size, schedule="constant",
+                 progress=False, audit="off")
+
+
+class _Batches:
+    """Index-batched tensors, the same fast path fit uses, as a Lightning-accepted iterable."""
+
+    def __init__(self, x, y, batch_size):
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x))
+        for i in range(len(self)):
+            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.x[rows], self.y[rows]
+
+
+def lightning_fit(build, x, y, epochs, batch_size):
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = build()
+
+        def training_step(self, batch, _):
+            inputs, targets = batch
+            return F.cross_entropy(self.model(inputs), targets)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(Module(), _Batches(x, y, batch_size))
+
+
+def per_step_seconds(trainer, build, x, y, batch_size, epochs=(1, 3), repeats=3) -> float:
+    results = []
+    for _ in range(repeats):
+        times = []
+        for e in epochs:
+            start = time.perf_counter()
+            trainer(build, x, y, e, batch_size)
+            times.append(time.perf_counter() - start)
+        extra_steps = (epochs[1] - epochs[0]) * (len(x) // batch_size)
+        results.append((times[1] - times[0]) / extra_steps)
+    return statistics.median(results)
+
+
+def main() -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat, smaller data")
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    x, y = data(1024 if args.quick else 2048)
+    repeats = 1 if args.quick else args.repeats
+    try:
+        import lightning  # noqa: F401
+        trainers = {"raw loop": raw_loop, "endtoend.fit": endtoend_fit, "Lightning": lightning_fit}
+    except ImportError:
+        print("lightning not installed (pip install -e '.[bench]'); skipping it")
+        trainers = {"raw loop": raw_loop, "endtoend.fit": endtoend_fit}
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, {len(x)} samples")
+    print(f"{'model':10s} {'trainer':14s} {'ms/step':>8s} {'vs raw':>7s}")
+    for model_name, build in (("small CNN", small_cnn), ("tiny MLP", tiny_mlp)):
+        base = None
+        for name, trainer in trainers.items():
+            seconds = per_step_seconds(trainer, build, x, y, 64, repeats=repeats)
+            base = base or seconds
+            rows.append({"model": model_name, "trainer": name, "ms_per_step": seconds * 1e3, "ratio": seconds / base})
+            print(f"{model_name:10s} {name:14s} {seconds * 1e3:8.3f} {seconds / base:6.2f}x", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
