@@ -1,0 +1,237 @@
+"""Sets and detection: replacements for non-maximum suppression and hand-made target assignment.
+
+Hard NMS deletes boxes by index, so a detector trained through it gets no signal about
+the boxes it removed; heuristic anchor assignment fixes targets outside the graph. A
+set loss (match predictions to targets with the Hungarian algorithm, then a loss on the
+matched pairs) trains the whole detector end to end with no NMS at all (DETR);
+`soft_nms` keeps an NMS-like step but only rescales scores, smoothly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+Outputs = dict[str, torch.Tensor]  # {"logits": (B, Q, C + 1), "boxes": (B, Q, 4)}
+Targets = list[dict[str, torch.Tensor]]  # per image {"labels": (n,), "boxes": (n, 4)}
+
+
+def hungarian_match(cost: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Minimum-cost one-to-one assignment for each cost matrix of a batch.
+
+    Math: argmin over partial permutations sigma of sum_i cost[i, sigma(i)] (min(N, M) pairs).
+    Source: Kuhn 1955 (Hungarian method), via scipy.optimize.linear_sum_assignment.
+    Shapes: cost (B, N, M) or a list of (N_i, M_i) -> a list of B (row_idx, col_idx) pairs,
+    int64 tensors of length min(N_i, M_i) on the cost's device, rows ascending.
+    Use: not differentiable (it returns indices); use it under no_grad to decide *which* pairs
+    a differentiable loss compares, as `SetCriterion` does.
+
+    Example:
+        >>> import torch
+        >>> from endtoend.relax import hungarian_match
+        >>> cost = torch.tensor([[[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]])
+        >>> [(rows.tolist(), cols.tolist()) for rows, cols in hungarian_match(cost)]
+        [([0, 1, 2], [1, 0, 2])]
+    """
+    if isinstance(cost, torch.Tensor):
+        if cost.dim() != 3:
+            raise ValueError(f"cost must be (B, N, M) or a list of (N, M) matrices, got shape {tuple(cost.shape)}")
+        matrices = list(cost.detach().to("cpu", torch.float64).numpy())  # one transfer for the batch
+        devices = [cost.device] * len(matrices)
+    else:
+        matrices = [c.detach().to("cpu", torch.float64).numpy() for c in cost]
+        devices = [c.device for c in cost]
+    matches = []
+    for item, (matrix, device) in enumerate(zip(matrices, devices)):
+        if matrix.ndim != 2:
+            raise ValueError(f"cost matrix {item} must be 2-D (N, M), got shape {matrix.shape}")
+        if not np.isfinite(matrix).all():
+            raise ValueError(f"cost matrix {item} contains NaN or inf; check the predictions that built it")
+        rows, cols = linear_sum_assignment(matrix)
+        matches.append((
+            torch.as_tensor(rows, dtype=torch.int64, device=device),
+            torch.as_tensor(cols, dtype=torch.int64, device=device),
+        ))
+    return matches
+
+
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def _iou_and_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and union area of boxes a and b (xyxy), broadcasting over leading dims."""
+    top_left = torch.maximum(a[..., :2], b[..., :2])
+    bottom_right = torch.minimum(a[..., 2:], b[..., 2:])
+    overlap = (bottom_right - top_left).clamp_min(0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = _area(a) + _area(b) - intersection
+    # `tiny` only matters for empty boxes, where it turns 0 / 0 into 0 instead of NaN.
+    return intersection / union.clamp_min(torch.finfo(union.dtype).tiny), union
+
+
+def _giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    iou, union = _iou_and_union(a, b)
+    enclosing = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp_min(0)
+    enclosing_area = (enclosing[..., 0] * enclosing[..., 1]).clamp_min(torch.finfo(union.dtype).tiny)
+    return iou - (enclosing_area - union) / enclosing_area
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise generalized IoU of two sets of xyxy boxes, in [-1, 1].
+
+    Math: GIoU = IoU - |C \\ (A u B)| / |C|, C the smallest box enclosing A and B; unlike
+    IoU it still has a gradient when the boxes do not overlap.
+    Source: Rezatofighi et al. 2019, Generalized Intersection over Union.
+    Shapes: boxes1 (N, 4), boxes2 (M, 4), xyxy with x2 >= x1 and y2 >= y1 -> (N, M).
+
+    Example:
+        >>> import torch
+        >>> from endtoend.relax import generalized_box_iou
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [4.0, 0.0, 6.0, 2.0]])
+        >>> generalized_box_iou(a, b)
+        tensor([[ 1.0000, -0.0794, -0.3333]])
+    """
+    return _giou(boxes1[:, None, :], boxes2[None, :, :])
+
+
+class SetCriterion(nn.Module):
+    """DETR's set loss: Hungarian matching, then class + L1 + GIoU losses on matched pairs.
+
+    Math: match with cost = -w_class * p(target class) + w_l1 * |b - b*|_1 - w_giou * GIoU(b, b*)
+    (under no_grad); then loss = class_weight * CE (unmatched queries -> the no-object class
+    C, weighted by eos_coef) + l1_weight * L1 + giou_weight * (1 - GIoU), box terms averaged
+    over the number of target boxes. Defaults are DETR's.
+    Source: Carion et al. 2020, End-to-End Object Detection with Transformers, section 3.1.
+    Shapes: outputs {"logits": (B, Q, C + 1), "boxes": (B, Q, 4) xyxy}; targets a list of B
+    dicts {"labels": int64 (n_b,), "boxes": (n_b, 4) xyxy}, on the outputs' device ->
+    {"class", "l1", "giou", "total"}, scalars.
+    Use: in place of NMS plus anchor assignment: no box is deleted by index.
+
+    Example:
+        >>> import torch
+        >>> from endtoend.relax import SetCriterion
+        >>> criterion = SetCriterion(num_classes=2)
+        >>> logits = torch.zeros(1, 3, 3, requires_grad=True)
+        >>> boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.4, 0.4]]],
+        ...                      requires_grad=True)
+        >>> targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 1.0, 1.0]])}]
+        >>> losses = criterion({"logits": logits, "boxes": boxes}, targets)
+        >>> sorted(losses), losses["l1"].item(), losses["giou"].item()
+        (['class', 'giou', 'l1', 'total'], 0.0, 0.0)
+        >>> losses["total"].backward()
+        >>> bool(logits.grad.abs().sum() > 0)
+        True
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        class_weight: float = 1.0,
+        l1_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        eos_coef: float = 0.1,
+        match_class: float = 1.0,
+        match_l1: float = 5.0,
+        match_giou: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_weight, self.l1_weight, self.giou_weight = class_weight, l1_weight, giou_weight
+        self.match_class, self.match_l1, self.match_giou = match_class, match_l1, match_giou
+        weights = torch.ones(num_classes + 1)
+        weights[-1] = eos_coef  # most queries are "no object"; down-weight them (DETR uses 0.1)
+        self.register_buffer("class_weights", weights)
+
+    @torch.no_grad()
+    def match(self, outputs: Outputs, targets: Targets) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch item, (query indices, target indices) of the minimum-cost matching."""
+        probabilities = outputs["logits"].softmax(dim=-1)
+        costs = []
+        for prob, pred_boxes, target in zip(probabilities, outputs["boxes"], targets):
+            labels, boxes = target["labels"], target["boxes"]
+            l1 = (pred_boxes[:, None, :] - boxes[None, :, :]).abs().sum(dim=-1)
+            costs.append(
+                -self.match_class * prob[:, labels]
+                + self.match_l1 * l1
+                - self.match_giou * generalized_box_iou(pred_boxes, boxes)
+            )
+        return hungarian_match(costs)
+
+    def forward(self, outputs: Outputs, targets: Targets) -> dict[str, torch.Tensor]:
+        logits, pred_boxes = outputs["logits"], outputs["boxes"]
+        batch, queries, classes = logits.shape
+        if classes != self.num_classes + 1:
+            raise ValueError(f"logits must have num_classes + 1 = {self.num_classes + 1} entries "
+                             f"(the last is no-object), got {classes}")
+        if len(targets) != batch:
+            raise ValueError(f"expected one target dict per batch item ({batch}), got {len(targets)}")
+        matches = self.match(outputs, targets)
+        batch_index = torch.cat([torch.full_like(rows, item) for item, (rows, _) in enumerate(matches)])
+        query_index = torch.cat([rows for rows, _ in matches])
+        matched_labels = torch.cat([t["labels"][cols] for t, (_, cols) in zip(targets, matches)])
+        matched_boxes = torch.cat([t["boxes"][cols] for t, (_, cols) in zip(targets, matches)])
+
+        target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[batch_index, query_index] = matched_labels.to(logits.device)
+        loss_class = F.cross_entropy(logits.transpose(1, 2), target_classes,
+                                     weight=self.class_weights.to(logits.dtype))
+
+        num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
+        predicted = pred_boxes[batch_index, query_index]
+        loss_l1 = (predicted - matched_boxes).abs().sum() / num_boxes
+        loss_giou = (1 - _giou(predicted, matched_boxes)).sum() / num_boxes
+        total = self.class_weight * loss_class + self.l1_weight * loss_l1 + self.giou_weight * loss_giou
+        return {"class": loss_class, "l1": loss_l1, "giou": loss_giou, "total": total}
+
+
+def soft_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    sigma: float = 0.5,
+    method: str = "gaussian",
+    iou_threshold: float = 0.3,
+) -> torch.Tensor:
+    """Soft non-maximum suppression: decay the scores of overlapping boxes instead of deleting them.
+
+    Math: repeatedly take the highest-scoring unvisited box M and rescale every other unvisited
+    score s_i *= exp(-IoU(M, b_i)^2 / sigma) ("gaussian") or, for "linear", s_i *= 1 - IoU(M, b_i)
+    when IoU >= iou_threshold. The visiting order is discrete; the rescored values are smooth
+    functions of scores and boxes.
+    Source: Bodla, Singh, Chellappa & Davis 2017, Soft-NMS, algorithm 1.
+    Shapes: boxes (..., N, 4) xyxy, scores (..., N) -> rescored scores (..., N), in the input
+    order.
+    Use: in place of torchvision.ops.nms; keep boxes whose rescored score passes your
+    threshold (as a weight or mask, not an index).
+
+    Example:
+        >>> import torch
+        >>> from endtoend.relax import soft_nms
+        >>> boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 1.0], [5.0, 5.0, 6.0, 6.0]])
+        >>> scores = torch.tensor([0.9, 0.8, 0.7], requires_grad=True)
+        >>> soft_nms(boxes, scores, sigma=0.5)  # box 1 has IoU 0.5 with box 0: 0.8 * exp(-0.5)
+        tensor([0.9000, 0.4852, 0.7000], grad_fn=<WhereBackward0>)
+    """
+    if method not in ("gaussian", "linear"):
+        raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
+    if boxes.shape[:-1] != scores.shape or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (..., N, 4) and scores (..., N), "
+                         f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
+    current = scores
+    visited = torch.zeros_like(scores, dtype=torch.bool)
+    for _ in range(scores.shape[-1]):
+        best = current.detach().masked_fill(visited, -torch.inf).argmax(dim=-1, keepdim=True)
+        visited = visited.scatter(-1, best, True)
+        best_box = boxes.gather(-2, best.unsqueeze(-1).expand(*best.shape, 4))
+        iou, _ = _iou_and_union(best_box, boxes)
+        if method == "gaussian":
+            decay = torch.exp(-iou.pow(2) / sigma)
+        else:
+            decay = torch.where(iou >= iou_threshold, 1 - iou, torch.ones_like(iou))
+        current = torch.where(visited, current, current * decay)
+    return current
