@@ -11,7 +11,7 @@ from endtoend.train.stability import (
     clip_gradients,
     gradient_norms,
     init_weights,
-    state_is_finite,
+    first_non_finite,
     weight_norms,
 )
 
@@ -100,13 +100,13 @@ def test_all_finite_catches_nan_gradient_and_inf_loss():
     assert not all_finite(loss, model.parameters())
 
 
-def test_state_is_finite_names_the_bad_tensor():
+def test_first_non_finite_names_the_bad_tensor():
     state = nn.Linear(3, 2).state_dict()
-    assert state_is_finite(state) is None
+    assert first_non_finite(state) is None
     state["bias"][0] = float("-inf")
-    assert state_is_finite(state) == "bias"
+    assert first_non_finite(state) == "bias"
     optimizer_like = {"state": {0: {"step": torch.tensor(3), "exp_avg": torch.tensor([1.0, float("nan")])}}}
-    assert state_is_finite(optimizer_like) == "state.0.exp_avg"
+    assert first_non_finite(optimizer_like) == "state.0.exp_avg"
 
 
 def test_orthogonal_init_gives_orthonormal_rows():

@@ -81,17 +81,24 @@ def steps_per_epoch(data: TensorData | Any, batch_size: int, world_size: int = 1
 
 def train_batches(
     data: TensorData | Any, batch_size: int, seed: int, epoch: int, start: int,
-    device: torch.device, rank: int = 0, world_size: int = 1,
+    device: torch.device, rank: int = 0, world_size: int = 1, pool: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Training batches of `epoch` from batch index `start` on.
 
-    Under torchrun every rank walks the same global permutation and takes its own
-    interleaved share of each global batch, so the sampler position is rank-independent.
+    `pool` (a curriculum) restricts the epoch to those rows, shuffled and repeated so the
+    epoch keeps its number of steps. Under torchrun every rank walks the same global
+    permutation and takes its own interleaved share of each global batch, so the sampler
+    position is rank-independent.
     """
     if isinstance(data, TensorData):
         n = len(data)
         size = min(batch_size, n)
-        order = epoch_permutation(n, seed, epoch, device)
+        if pool is None:
+            order = epoch_permutation(n, seed, epoch, device)
+        else:
+            pool = pool.to(device)
+            shuffled = pool[epoch_permutation(len(pool), seed, epoch, device)]
+            order = shuffled.repeat(-(-n // len(pool)))[:n]
         for index in range(start, steps_per_epoch(data, batch_size)):
             rows = order[index * size:(index + 1) * size]
             if world_size > 1:

@@ -146,7 +146,7 @@ def _named_tensors(state: object, prefix: str = "") -> Iterator[tuple[str, Tenso
             yield from _named_tensors(value, f"{prefix}.{index}" if prefix else str(index))
 
 
-def state_is_finite(state_dict: Mapping[str, object]) -> str | None:
+def first_non_finite(state_dict: Mapping[str, object]) -> str | None:
     """Name of the first tensor holding NaN/Inf, or None when every tensor is finite.
 
     Used to refuse writing a non-finite checkpoint. Note the polarity: the result is truthy
