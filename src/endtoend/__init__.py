@@ -1,12 +1,17 @@
 """endtoend: end-to-end training on PyTorch, with proof that it is worth it.
 
 - `fit`: one readable training loop writing a run directory with exact checkpoints.
-- `audit`: find every place where a model's gradient graph is cut.
-- `relax`: differentiable replacements for the ops that cut it.
+- `audit`: find every place where a model's gradient graph is cut (`endtoend.audit`).
+- `relax`: differentiable replacements for the ops that cut it (`endtoend.relax`).
+- `Objective`: named loss terms combined into one global objective.
 """
 
+from endtoend import relax
 from endtoend.errors import UsageError
+from endtoend.objective import Objective
 from endtoend.train import Run, fit, weights_sha256
+from endtoend.train.stability import WeightEMA, clip_gradients, init_weights
 
-__all__ = ["Run", "UsageError", "fit", "weights_sha256"]
+__all__ = ["Objective", "Run", "UsageError", "WeightEMA", "clip_gradients", "fit", "init_weights",
+           "relax", "weights_sha256"]
 __version__ = "0.1.0"
