@@ -1,0 +1,286 @@
+"""The differentiability audit: broken models are caught at the right line with the right
+parameters; correct models come out ok; the audit leaves no trace; the CLI helpers."""
+
+import io
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from endtoend.audit import AuditReport, audit, load_factory, run_audit_command
+from endtoend.errors import UsageError
+
+sys.path.insert(0, os.path.dirname(__file__))
+import zoo_broken  # noqa: E402
+import zoo_correct  # noqa: E402
+
+
+def marker_line(module, marker: str) -> int:
+    """The line ending in `# <marker>` in the zoo's source: the line the audit must report."""
+    with open(module.__file__) as source:
+        lines = [n for n, text in enumerate(source, 1) if text.rstrip().endswith(f"# {marker}")]
+    assert len(lines) == 1, f"marker {marker!r} must appear exactly once"
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(zoo_broken.CASES))
+def test_broken_model_is_caught_at_its_line(case):
+    torch.manual_seed(0)
+    model, inputs, kind, op, starved = zoo_broken.CASES[case]()
+    report = audit(model, inputs)
+
+    assert not report.ok
+    errors = [f for f in report.findings if f.severity == "error"]
+    at_line = [f for f in errors if f.line == marker_line(zoo_broken, f"CUT {case}")]
+    assert len(at_line) == 1, report
+    finding = at_line[0]
+    assert (finding.kind, finding.op) == (kind, op)
+    assert os.path.samefile(finding.file, zoo_broken.__file__)
+    assert finding.message and finding.fix
+    # Every starved parameter is named, and nothing that learns is.
+    assert sorted({p for f in errors for p in f.parameters}) == starved
+    assert set(finding.parameters) <= set(starved)
+    learning = {name for name, norm in report.grad_norms.items() if norm}
+    assert learning.isdisjoint(starved)
+
+
+def test_cut_fix_names_the_relaxation():
+    report = audit(*zoo_broken.CASES["argmax"]()[:2])
+    (finding,) = [f for f in report.findings if f.severity == "error"]
+    assert "straight_through_argmax" in finding.fix and "gumbel_softmax" in finding.fix
+
+
+def test_starved_parameters_are_listed_as_unused_or_dead():
+    report = audit(*zoo_broken.CASES["detach"]()[:2])
+    assert report.unused_parameters == ["enc.weight", "enc.bias"]
+    report = audit(*zoo_broken.CASES["dead"]()[:2])
+    assert report.dead_parameters == ["hidden.weight", "hidden.bias", "out.weight"]
+    report = audit(*zoo_broken.CASES["round"]()[:2])
+    assert report.dead_parameters == ["enc.weight", "enc.bias"]  # zero-derivative op
+
+
+@pytest.mark.parametrize("case", sorted(zoo_correct.CASES))
+def test_correct_model_is_ok(case):
+    torch.manual_seed(0)
+    model, inputs, loss_fn, targets = zoo_correct.CASES[case]()
+    report = audit(model, inputs, loss_fn=loss_fn, targets=targets)
+    assert report.ok, report
+    assert not [f for f in report.findings if f.severity == "warning"], report
+
+
+def test_intended_cuts_are_info():
+    for case, op in [("straight_through_round", "round"), ("gumbel_hard", "Tensor.argmax"),
+                     ("hungarian_set_loss", "Tensor.detach"), ("moe_topk", "Tensor.topk.indices")]:
+        model, inputs, loss_fn, targets = zoo_correct.CASES[case]()
+        report = audit(model, inputs, loss_fn=loss_fn, targets=targets)
+        assert any(f.kind == "cut" and f.op == op and f.severity == "info" for f in report.findings), case
+
+
+def test_zero_initialised_head_is_info_not_dead():
+    report = audit(*zoo_correct.CASES["zero_init_head"]()[:2])
+    (finding,) = report.findings
+    assert (finding.severity, finding.kind) == ("info", "zero_init")
+    assert finding.parameters == ["body.0.bias", "body.0.weight"]
+    assert finding.line == marker_line(zoo_correct, "ZERO head")  # where the zero weight is used
+    assert report.dead_parameters == []
+
+
+def test_frozen_parameters_are_info():
+    report = audit(*zoo_correct.CASES["frozen_backbone"]()[:2])
+    assert report.frozen_parameters == ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias"]
+    assert [f.kind for f in report.findings] == ["frozen"]
+    assert set(report.grad_norms) == {"head.weight", "head.bias"}
+
+
+def test_expert_without_tokens_is_not_an_error():
+    # Two tokens reach at most four of eight experts: the skipped ones are a warning, not an error.
+    torch.manual_seed(0)
+    model = zoo_correct.TopKMixture(experts=8, k=2)
+    report = audit(model, torch.randn(2, zoo_correct.D))
+    assert report.ok
+    (warning,) = [f for f in report.findings if f.severity == "warning"]
+    assert warning.kind == "unused" and warning.module == "experts"
+    assert warning.line == marker_line(zoo_correct, "ROUTED experts")
+
+
+def test_expert_run_on_no_tokens_is_info():
+    # Run on an empty selection, idle experts get an exactly zero gradient: data, not a bug.
+    torch.manual_seed(0)
+    model = zoo_correct.TopKMixture(experts=8, k=2, skip_idle_experts=False)
+    report = audit(model, torch.randn(2, zoo_correct.D))
+    assert report.ok and not report.dead_parameters
+    no_data = [f for f in report.findings if f.kind == "no_data"]
+    assert no_data and all(f.severity == "info" for f in no_data)
+    assert {f.line for f in no_data} == {marker_line(zoo_correct, "ROUTE")}
+    assert all(p.startswith("experts.") for f in no_data for p in f.parameters)
+
+
+def test_top1_routing_with_softmax_over_one_logit_is_dead():
+    # softmax over the single chosen logit is always 1: the router's gradient is exactly zero.
+    torch.manual_seed(0)
+    report = audit(zoo_correct.TopKMixture(experts=2, k=1), torch.randn(32, zoo_correct.D))
+    assert report.dead_parameters == ["router.weight", "router.bias"]
+
+
+def test_objective_choice():
+    class ScalarLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.w(x).pow(2).mean()
+
+    x = torch.randn(4, 3)
+    assert audit(ScalarLoss(), x).ok  # the scalar output is the objective
+    model = nn.Linear(3, 2)
+    report = audit(model, (x,), loss_fn=F.cross_entropy, targets=torch.tensor([0, 1, 0, 1]))
+    assert report.ok and set(report.grad_norms) == {"weight", "bias"}
+    # A loss that ignores the model's output starves everything.
+    report = audit(model, x, loss_fn=lambda out, t: (out.detach() ** 2).sum())
+    assert not report.ok and report.unused_parameters == ["weight", "bias"]
+
+
+def test_keyword_inputs():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, left, right):
+            return self.a(left) + self.b(right)
+
+    assert audit(TwoInputs(), {"left": torch.randn(2, 3), "right": torch.randn(2, 3)}).ok
+    with pytest.raises(UsageError):
+        audit(TwoInputs(), "not a tensor")
+
+
+def test_reentrant_checkpoint_and_sparse_embedding_are_ok():
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4, sparse=True)
+            self.block = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, tokens):
+            h = self.embed(tokens).requires_grad_()  # reentrant checkpointing needs a grad input
+            return self.head(checkpoint(self.block, h, use_reentrant=True).mean(1))
+
+    report = audit(Checkpointed(), torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert report.ok and all(report.grad_norms.values()), report
+
+
+def test_nonfinite_gradient_and_missing_derivative_are_errors():
+    class Sqrt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return (x * self.w.sqrt()).sum(1)  # d sqrt(w) / dw is inf at w = 0
+
+    report = audit(Sqrt(), torch.ones(2, 3))
+    assert [f.kind for f in report.findings if f.severity == "error"] == ["nonfinite"]
+
+    class FloorDivide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.floor_divide(self.w(x), 2)  # no derivative at all
+
+    report = audit(FloorDivide(), torch.ones(2, 3))
+    assert "backward_error" in [f.kind for f in report.findings if f.severity == "error"]
+
+
+def _snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        {n: p.requires_grad for n, p in model.named_parameters()},
+        [m.training for m in model.modules()],
+    )
+
+
+def test_audit_leaves_everything_as_found():
+    torch.manual_seed(0)
+    model, inputs, loss_fn, targets = zoo_correct.CASES["resnet_zero_init_residual"]()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    model.conv1.weight.requires_grad_(False)
+    before = _snapshot(model)
+    rng = torch.get_rng_state()
+
+    audit(model, inputs, loss_fn=loss_fn, targets=targets)
+    after = _snapshot(model)
+
+    assert torch.equal(rng, torch.get_rng_state())
+    assert before[0].keys() == after[0].keys()
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])  # BatchNorm stats too
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(before[1].values(), after[1].values()))
+    assert before[2:] == after[2:]
+
+
+def test_training_is_bit_identical_after_an_audit():
+    def train(with_audit: bool):
+        torch.manual_seed(0)
+        model = zoo_correct.ResNetBlock()
+        x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+        if with_audit:
+            audit(model, x, loss_fn=F.cross_entropy, targets=y)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(train(False), train(True)))
+
+
+def test_report_json_and_table():
+    report = audit(*zoo_broken.CASES["argmax"]()[:2])
+    assert isinstance(report, AuditReport)
+    data = json.loads(report.to_json())
+    assert data["ok"] is False
+    (error,) = [f for f in data["findings"] if f["severity"] == "error"]
+    assert error["op"] == "Tensor.argmax" and error["line"] == marker_line(zoo_broken, "CUT argmax")
+    assert set(error) >= {"severity", "kind", "op", "module", "file", "line", "message", "fix"}
+    assert data["unused_parameters"] == ["router.weight", "router.bias"]
+    text = str(report)  # a wide table
+    assert "Tensor.argmax" in text and f"zoo_broken.py:{error['line']}" in text and "NOT OK" in text
+    narrow = io.StringIO()  # one block per finding
+    Console(file=narrow, width=70).print(report)
+    assert f"zoo_broken.py:{error['line']}" in narrow.getvalue() and "fix: use" in narrow.getvalue()
+
+
+ZOO_BROKEN = zoo_broken.__file__
+ZOO_CORRECT = zoo_correct.__file__
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("no_colon_here", "expected PATH.py:FACTORY"),
+    ("/nonexistent/model.py:make", "no such file"),
+    (f"{ZOO_BROKEN}:does_not_exist", "has no function 'does_not_exist'"),
+    (f"{ZOO_BROKEN}:make_raising", "make_raising() raised ValueError: no data here"),
+    (f"{ZOO_BROKEN}:make_wrong_shape", "must return (model, inputs)"),
+])
+def test_load_factory_errors_are_one_line(spec, expected):
+    with pytest.raises(UsageError) as caught:
+        load_factory(spec)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_audit_command_exit_codes(capsys):
+    assert run_audit_command(f"{ZOO_BROKEN}:make_numpy_trip") == 1
+    assert "NumPy" in capsys.readouterr().out
+    assert run_audit_command(f"{ZOO_CORRECT}:make_vae", as_json=True) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
