@@ -51,3 +51,36 @@ def training(small: bool = False) -> dict:
         lr=3e-3, weight_decay=5e-4, schedule="one-cycle",
         transforms=RandomAffine(degrees=8, scale=0.08, translate=0.1),
     )
+
+
+# --- the same CNN as named stages, for `e2e compare digits --regimes ...` ---------------------
+
+def build_pipeline(small: bool = False):
+    """build_model's CNN cut in two stages (same layers, same initial weights for a given seed):
+    "features" (8x8 -> 4x4 maps), learned on its own as an autoencoder; "classifier", the head."""
+    from endtoend.pipeline import Pipeline, StageObjective
+
+    width = 8 if small else 32
+    features = nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    classifier = nn.Sequential(
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
+    )
+    decoder = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
+                            nn.Conv2d(width, 1, 3, padding=1))  # logits of the pixels in [0, 1]
+    return Pipeline({"features": features, "classifier": classifier},
+                    objectives={"features": StageObjective(decoder, loss="bce_with_logits", target="inputs")})
+
+
+def regime_training(small: bool = False):
+    """Epochs per regime (see endtoend.pipeline.RegimeTraining): staged 8 + 6, staged+joint
+    adds a 6-epoch fine-tune at lr 1e-3, joint trains 20 epochs (as `training`) from scratch."""
+    from endtoend.pipeline import RegimeTraining
+
+    shared = training(small)
+    shared.pop("epochs")
+    return RegimeTraining(stage_epochs={"features": 1 if small else 8, "classifier": 1 if small else 6},
+                          finetune_epochs=1 if small else 6, finetune_lr=1e-3, fit=shared)

@@ -63,3 +63,34 @@ def training(small: bool = False) -> dict:
         lr=3e-3, weight_decay=5e-4, schedule="one-cycle",
         transforms=RandomAffine(degrees=11.5, scale=0.1, translate=0.06),
     )
+
+
+# --- the same CNN as named stages, for `e2e compare mnist5k --regimes ...` --------------------
+
+def build_pipeline(small: bool = False):
+    """build_model's CNN cut in two stages (same layers, same initial weights for a given seed):
+    "features", the conv encoder (28x28 -> 7x7 maps), learned on its own as an autoencoder with
+    a transposed-conv decoder; "classifier", the small head, learned by the final loss."""
+    from endtoend.pipeline import Pipeline, StageObjective
+
+    width = 8 if small else 32
+    features = nn.Sequential(conv_block(1, width), conv_block(width, width), nn.MaxPool2d(2),
+                             conv_block(width, 2 * width), conv_block(2 * width, 2 * width), nn.MaxPool2d(2))
+    classifier = nn.Sequential(conv_block(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+                               nn.Linear(4 * width, 10))
+    decoder = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
+                            nn.ConvTranspose2d(width, 1, 2, stride=2))  # logits of the pixels in [0, 1]
+    return Pipeline({"features": features, "classifier": classifier},
+                    objectives={"features": StageObjective(decoder, loss="bce_with_logits", target="inputs")})
+
+
+def regime_training(small: bool = False):
+    """Epochs per regime (see endtoend.pipeline.RegimeTraining): staged 3 (autoencoder) + 3
+    (classifier), staged+joint adds a 2-epoch fine-tune at lr 1e-3, joint trains 8 epochs from
+    scratch. Kept modest so that all three regimes run in a few minutes on 2 CPU cores."""
+    from endtoend.pipeline import RegimeTraining
+
+    shared = training(small)
+    shared.pop("epochs")
+    return RegimeTraining(stage_epochs={"features": 1 if small else 3, "classifier": 1 if small else 3},
+                          finetune_epochs=1 if small else 2, finetune_lr=1e-3, fit=shared)
