@@ -22,7 +22,7 @@ def test_recipes_lists_one_line_each(capsys):
 
 
 def test_help_on_every_verb():
-    for verb in ("", "recipes", "train", "compare", "demo", "audit"):
+    for verb in ("", "recipes", "train", "compare", "demo", "lr-find", "audit"):
         argv = [verb, "--help"] if verb else ["--help"]
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -83,13 +83,17 @@ def test_resume_with_every_checkpoint_corrupt_is_exit_2(tmp_path, capsys):
 
 def test_compare_writes_comparison_json_and_report(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code, stdout, _ = run_cli(capsys, "compare", "digits", "--small", "--out", str(out), "--no-progress")
+    code, stdout, _ = run_cli(capsys, "compare", "digits", "--small", "--out", str(out), "--no-progress",
+                              "--regimes", "joint")
     assert code == 0
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["recipe"] == "digits" and comparison["metric"] == "accuracy"
     assert comparison["higher_is_better"] is True
     kinds = [row["kind"] for row in comparison["rows"]]
-    assert kinds.count("end-to-end") == 1 and kinds.count("staged") == 2
+    assert kinds.count("end-to-end") == 2 and kinds.count("staged") == 2
+    regime = comparison["rows"][-1]
+    assert regime["pipeline"] == "regime: joint" and set(regime["probes"]) == {"features", "classifier"}
+    assert "Regimes and linear probes" in (out / "report.html").read_text()
     for row in comparison["rows"]:
         assert set(row) >= {"pipeline", "kind", "value", "train_seconds", "parameters"}
         assert 0.5 < row["value"] <= 1.0 and row["parameters"] > 0
@@ -101,3 +105,16 @@ def test_errors_reach_the_shell_without_a_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "endtoend.cli", "compare", "nope"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.startswith("error: unknown recipe")
+
+
+def test_bad_regimes_list_is_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "compare", "digits", "--small", "--regimes", "staged,bogus", "--out", str(tmp_path / "x"))
+    assert code == 2 and "staged+joint" in err and err.count("\n") == 1
+
+
+def test_lr_find_writes_a_plot_and_suggests_a_value(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "lr-find", "digits", "--small", "--out", str(tmp_path / "lr"))
+    assert code == 0 and "suggested lr" in out
+    result = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert min(result["lrs"]) <= result["suggested_lr"] <= max(result["lrs"])
+    assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 1000

@@ -64,12 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="output folder (default runs/RECIPE-TIMESTAMP)")
     compare.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     compare.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
+    compare.add_argument("--regimes", metavar="LIST",
+                         help="also train the recipe's pipeline under these regimes, e.g. staged,staged+joint,joint")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = verbs.add_parser("demo", help="e2e compare mnist5k: HOG pipelines vs a CNN from pixels")
     demo.add_argument("--out", type=Path, help="output folder (default runs/mnist5k-TIMESTAMP)")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    lr_find = verbs.add_parser("lr-find", help="learning-rate finder: exponential sweep, plot, suggested value")
+    lr_find.add_argument("recipe", help="recipe name (see `e2e recipes`)")
+    lr_find.add_argument("--out", type=Path, help="output folder (default runs/RECIPE-lr-find-TIMESTAMP)")
+    lr_find.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    lr_find.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
 
     audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY)")
     audit.add_argument("target", metavar="PATH.py:FACTORY",
@@ -93,6 +101,14 @@ def _run(args: argparse.Namespace) -> int:
     from endtoend.recipes.run import compare_recipe, train_recipe
 
     recipe = get_recipe("mnist5k" if args.verb == "demo" else args.recipe)
+    if args.verb == "lr-find":
+        from endtoend.train.lr_find import lr_find_recipe
+
+        out = args.out or _default_out(f"{recipe.NAME}-lr-find")
+        result = lr_find_recipe(recipe, out, seed=args.seed, small=args.small)
+        print(f"{recipe.NAME}: suggested lr {result.suggested_lr:.3g} (the recipe uses "
+              f"{recipe.training(args.small)['lr']:.3g}); plot: {result.plot_path}")
+        return 0
     if args.verb == "train" and args.resume and args.out is None:
         raise UsageError("--resume needs --out: the run directory to continue")
     out = args.out or _default_out(recipe.NAME)
@@ -103,7 +119,13 @@ def _run(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items())
         print(f"{recipe.NAME}: {shown}\nrun directory: {out}")
         return 0
-    compare_recipe(recipe, out, seed=args.seed, small=getattr(args, "small", False), progress=progress)
+    regimes = None
+    if getattr(args, "regimes", None):
+        from endtoend.pipeline import parse_regimes
+
+        regimes = parse_regimes(args.regimes)
+    compare_recipe(recipe, out, seed=args.seed, small=getattr(args, "small", False), progress=progress,
+                   regimes=regimes)
     return 0
 
 

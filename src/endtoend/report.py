@@ -124,6 +124,14 @@ def write_comparison_report(folder: Path, comparison: dict[str, Any]) -> Path:
     parts = [f"<p>Staged pipelines and the end-to-end model on the same split of "
              f"<b>{html.escape(comparison['recipe'])}</b>, seed {comparison.get('seed')}.</p>",
              _figure_html(fig), table]
+    regime_rows = [r for r in rows if "probes" in r]
+    if regime_rows:
+        stages = list(dict.fromkeys(s for r in regime_rows for s in r["probes"]))
+        parts.append("<h2>Regimes and linear probes</h2><p>Test accuracy of a logistic-regression "
+                     "probe on each stage's output: how each regime shaped the internal "
+                     "representation.</p>" + _table(
+                         ["regime", comparison["metric"], *(f"probe: {s}" for s in stages)],
+                         [[r["pipeline"], r["value"], *(r["probes"].get(s, "") for s in stages)] for r in regime_rows]))
     path = folder / "report.html"
     path.write_text(_page(f"endtoend compare: {comparison['recipe']}", parts))
     return path

@@ -52,8 +52,13 @@ def _accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
 
 
 def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
-                   progress: bool = True, console: Console | None = None) -> dict[str, Any]:
-    """Staged pipelines and the end-to-end model on the same split; writes comparison.json."""
+                   progress: bool = True, regimes: list[str] | None = None,
+                   console: Console | None = None) -> dict[str, Any]:
+    """Staged pipelines and the end-to-end model on the same split; writes comparison.json.
+
+    `regimes` (e.g. ["staged", "staged+joint", "joint"]) also trains the recipe's
+    `build_pipeline()` under each regime and adds one row per regime, with linear probes.
+    """
     console = console or Console()
     prepare_output_folder(out, resume=False)
     data = recipe.load_data(small)
@@ -68,6 +73,12 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool 
                  "kind": "end-to-end", "value": round(run.metrics[f"test_{recipe.METRIC}"], 6),
                  "train_seconds": round(run.seconds, 2),
                  "parameters": sum(p.numel() for p in run.model.parameters())})
+    if regimes:
+        from endtoend.pipeline import compare_regimes
+
+        console.print(f"training the recipe's pipeline under the regimes: {', '.join(regimes)} ...")
+        rows += compare_regimes(recipe, data, regimes, seed=seed, small=small, out=out, progress=progress,
+                                log=console.print)
     comparison = {"recipe": recipe.NAME, "metric": recipe.METRIC, "higher_is_better": recipe.HIGHER_IS_BETTER,
                   "seed": seed, "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end"),
                   "torch": torch.__version__}
@@ -80,8 +91,13 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
     table = Table(title=f"{comparison['recipe']}: test {comparison['metric']} (seed {comparison['seed']})")
-    for column in ("pipeline", "kind", comparison["metric"], "train s", "parameters"):
-        table.add_column(column, justify="left" if column in ("pipeline", "kind") else "right")
+    with_probes = any("probes" in r for r in comparison["rows"])
+    columns = ("pipeline", "kind", comparison["metric"], "train s", "parameters") + (("probes",) if with_probes else ())
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("pipeline", "kind", "probes") else "right")
     for r in comparison["rows"]:
-        table.add_row(r["pipeline"], r["kind"], f"{r['value']:.4f}", f"{r['train_seconds']:.1f}", f"{r['parameters']:,}")
+        cells = [r["pipeline"], r["kind"], f"{r['value']:.4f}", f"{r['train_seconds']:.1f}", f"{r['parameters']:,}"]
+        if with_probes:
+            cells.append(", ".join(f"{k} {v:.3f}" for k, v in r.get("probes", {}).items()))
+        table.add_row(*cells)
     return table
