@@ -38,25 +38,35 @@ def data(n: int = 2048):
     return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def raw_loop(build, x, y, epochs, batch_size):
     torch.manual_seed(0)
-    model = build()
+    model = build().to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(len(x))
+        order = torch.randperm(len(x), device=DEVICE)
         for i in range(len(x) // batch_size):
             rows = order[i * batch_size:(i + 1) * batch_size]
             loss = F.cross_entropy(model(x[rows]), y[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    _sync()
 
 
 def endtoend_fit(build, x, y, epochs, batch_size):
     torch.manual_seed(0)
     endtoend.fit(build(), (x, y), epochs=epochs, batch_size=batch_size, schedule="constant",
-                 progress=False, audit="off")
+                 progress=False, audit="off", precision="fp32")
+    _sync()
 
 
 class _Batches:
@@ -69,7 +79,7 @@ class _Batches:
         return len(self.x) // self.batch_size
 
     def __iter__(self):
-        order = torch.randperm(len(self.x))
+        order = torch.randperm(len(self.x), device=self.x.device)
         for i in range(len(self)):
             rows = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.x[rows], self.y[rows]
@@ -91,10 +101,11 @@ def lightning_fit(build, x, y, epochs, batch_size):
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
     torch.manual_seed(0)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+    trainer = L.Trainer(max_epochs=epochs, accelerator=DEVICE.type, devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(Module(), _Batches(x, y, batch_size))
+    _sync()
 
 
 def per_step_seconds(trainer, build, x, y, batch_size, epochs=(1, 3), repeats=3) -> float:
@@ -118,7 +129,7 @@ def main() -> list[dict]:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    x, y = data(1024 if args.quick else 2048)
+    x, y = (t.to(DEVICE) for t in data(1024 if args.quick else 2048))
     repeats = 1 if args.quick else args.repeats
     try:
         import lightning  # noqa: F401
@@ -127,7 +138,8 @@ def main() -> list[dict]:
         print("lightning not installed (pip install -e '.[bench]'); skipping it")
         trainers = {"raw loop": raw_loop, "endtoend.fit": endtoend_fit}
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, {len(x)} samples")
+    where = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, batch 64, {len(x)} samples, fp32")
     print(f"{'model':10s} {'trainer':14s} {'ms/step':>8s} {'vs raw':>7s}")
     for model_name, build in (("small CNN", small_cnn), ("tiny MLP", tiny_mlp)):
         base = None

@@ -1,7 +1,7 @@
 """Generate docs/relax.md from the relax registry and the functions' docstrings.
 
 Run `.venv/bin/python tools/gen_relax_docs.py` after changing anything in
-src/endtoend/relax; tests/relax/test_docs.py fails while docs/relax.md is stale.
+src/endtoend/relax; tests/relax/test_registry.py fails while docs/relax.md is stale.
 
 Docstrings follow one layout: a summary line, then lines starting with `Math:`,
 `Source:`, `Shapes:` and `Use:` (continued on the following lines), then `Example:`
@@ -72,9 +72,11 @@ def _cell(text: str) -> str:
 def _op_table() -> str:
     spellings: dict[str, list[str]] = {family: [] for family in registry.RELAXATIONS}
     for alias, family in registry._ALIASES.items():
-        # Show the short spellings; qualified ones ("torch.round", "aten.round.default")
-        # resolve to the same family.
-        if "." not in alias and not alias.startswith("__") and alias not in spellings[family]:
+        # Show the spellings the audit reports ("round", "max.indices"); qualified ones
+        # ("torch.round", "Tensor.round", "aten.round.default") and dunders resolve to the
+        # same family.
+        qualified = alias.startswith(("torch.", "Tensor.", "aten.")) or alias.startswith("__")
+        if not qualified and alias not in spellings[family]:
             spellings[family].append(alias)
     rows = [
         "## Which op cuts, and what to use instead",

@@ -1,9 +1,11 @@
 """Which differentiable relaxation replaces which graph-cutting op.
 
 The audit (`endtoend.audit`) reports cuts by op name (`argmax`, `Tensor.round`,
-`gt`, ...); `fix_for(op)` turns that name into the advice shown in the finding's
-`fix` field. docs/relax.md is generated from `RELAXATIONS`, `CUTS` and `DESCRIPTIONS`
-(see `tools/gen_relax_docs.py`). Every name here is a public function of `endtoend.relax`
+`gt`, `max.indices` for the index output of `max(dim)`, ...); `fix_for(op)` turns that
+name into the advice shown in the finding's `fix` field. Every spelling the audit emits
+for an op of a family here resolves (tests/relax/test_registry.py audits each one).
+docs/relax.md is generated from `RELAXATIONS`, `CUTS` and `DESCRIPTIONS` (see
+`tools/gen_relax_docs.py`). Every name here is a public function of `endtoend.relax`
 (tests/relax/test_registry.py checks it).
 """
 
@@ -30,22 +32,31 @@ RELAXATIONS: dict[str, tuple[str, ...]] = {
     "nms": ("soft_nms", "SetCriterion"),
     "integer_cast": ("straight_through_round", "quantize"),
     "integer_index": ("affine_crop", "soft_argmax"),
+    # Integer positions of a selection: keep every element and weight it by a soft mask.
+    "nonzero": ("soft_threshold", "soft_topk"),
+    # Distinct values: compare against a fixed set of values instead.
+    "unique": ("soft_threshold", "straight_through_argmax"),
+    # isnan/isinf/isfinite: guards, not learning signals (see ADVICE).
+    "nonfinite_check": ("soft_threshold",),
 }
 
 # Why each family cuts the graph: one line per family, shown in docs/relax.md.
 CUTS: dict[str, str] = {
     "argmax": "returns an integer index; integers carry no gradient",
     "argmin": "returns an integer index; integers carry no gradient",
-    "max_indices": "the indices of max/min (dim=...) are integers; only the values are differentiable",
+    "max_indices": "the indices of max/min/cummax/cummin (dim=...) and of mode (the argmax of the value counts) "
+                   "are integers; only the values are differentiable",
     "one_hot": "takes integer classes, so whatever produced them is already cut off",
     "round": "piecewise constant: the gradient is zero almost everywhere",
     "floor": "piecewise constant: the gradient is zero almost everywhere",
     "ceil": "piecewise constant: the gradient is zero almost everywhere",
     "trunc": "piecewise constant: the gradient is zero almost everywhere",
     "sign": "piecewise constant: the gradient is zero almost everywhere",
-    "comparison": "returns booleans; a hard mask or gate has no gradient with respect to x or t",
-    "bucketize": "returns bucket indices (integers)",
-    "sort_indices": "the permutation (and ranks built from it) are integers; sorted values alone keep a gradient",
+    "comparison": "returns booleans; a hard mask or gate has no gradient with respect to x or t "
+                  "(combine soft gates a, b as a * b, a + b - a * b, 1 - a for logical_and, logical_or, logical_not)",
+    "bucketize": "returns bucket indices (integers), or counts per bucket (histc) without a gradient",
+    "sort_indices": "the permutation (and ranks built from it) and the positions of order statistics "
+                    "(kthvalue, median) are integers; the sorted values alone keep a gradient",
     "topk_indices": "the selected indices, and masks built from them, are integers",
     "sample": "a sample drawn by torch.normal / Distribution.sample has zero gradient wrt its parameters",
     "bernoulli": "draws 0/1 values with zero gradient wrt the probabilities",
@@ -53,6 +64,20 @@ CUTS: dict[str, str] = {
     "nms": "deletes boxes by index: suppressed boxes get no training signal",
     "integer_cast": "casting to an integer or bool dtype leaves autograd",
     "integer_index": "indexing with computed integers (crops, gathers) gives no gradient to the positions",
+    "nonzero": "nonzero, argwhere and one-argument where return the integer positions of a selection "
+               "(count_nonzero its size): the selection gets no gradient; weight every element by a soft mask",
+    "unique": "the inverse indices and counts are integers and the distinct values have no derivative; "
+              "compare with a fixed set of values: soft counts from soft_threshold, one-hot assignments "
+              "from straight_through_argmax",
+    "nonfinite_check": "returns booleans; as a guard (torch.where(torch.isfinite(x), x, 0), torch.nan_to_num) "
+                       "it starves nothing that should learn, so only a gate learned through the test needs a "
+                       "relaxation",
+}
+
+# Families whose fix needs a word before the relaxations: fix_for puts it first.
+ADVICE: dict[str, str] = {
+    "nonfinite_check": "a NaN/Inf test is a guard, not a learning signal: keep the values' gradient with "
+                       "torch.where(torch.isfinite(x), x, 0) or torch.nan_to_num(x); for a learned gate",
 }
 
 # What each relaxation does, in one line; shown in docs/relax.md next to the op table.
@@ -85,6 +110,7 @@ _ALIASES: dict[str, str] = {
     "argmin": "argmin", "Tensor.argmin": "argmin", "torch.argmin": "argmin",
     "max.indices": "max_indices", "min.indices": "max_indices",
     "max_indices": "max_indices", "min_indices": "max_indices",
+    "cummax.indices": "max_indices", "cummin.indices": "max_indices", "mode.indices": "max_indices",
     "one_hot": "one_hot", "torch.nn.functional.one_hot": "one_hot",
     "round": "round", "Tensor.round": "round", "torch.round": "round",
     "floor": "floor", "Tensor.floor": "floor", "torch.floor": "floor",
@@ -99,29 +125,57 @@ _ALIASES: dict[str, str] = {
     "less_equal": "comparison", "not_equal": "comparison",
     "__gt__": "comparison", "__ge__": "comparison", "__lt__": "comparison", "__le__": "comparison",
     "__eq__": "comparison", "__ne__": "comparison",
-    "bucketize": "bucketize", "searchsorted": "bucketize",
+    "isclose": "comparison", "isin": "comparison", "signbit": "comparison",
+    "logical_and": "comparison", "logical_or": "comparison", "logical_not": "comparison",
+    "logical_xor": "comparison",
+    "bucketize": "bucketize", "searchsorted": "bucketize", "histc": "bucketize",
     "sort": "sort_indices", "argsort": "sort_indices", "msort": "sort_indices",
-    "topk": "topk_indices",
+    "sort.indices": "sort_indices", "kthvalue.indices": "sort_indices", "median.indices": "sort_indices",
+    "nanmedian.indices": "sort_indices",
+    "topk": "topk_indices", "topk.indices": "topk_indices",
     "normal": "sample", "normal_": "sample", "randn_like": "sample", "rand_like": "sample",
     "sample": "sample",
     "bernoulli": "bernoulli", "multinomial": "multinomial",
+    # A cut under no_grad is looked up by the torch function that disabled grad.
+    "Bernoulli.sample": "bernoulli",
     "nms": "nms", "batched_nms": "nms",
     "long": "integer_cast", "int": "integer_cast", "short": "integer_cast", "byte": "integer_cast",
-    "bool": "integer_cast", "to_integer": "integer_cast",
+    "bool": "integer_cast", "char": "integer_cast", "to_integer": "integer_cast",
     "index_integer": "integer_index", "integer_index": "integer_index",
+    # `where` cuts only in its one-argument form, torch.where(x) == x.nonzero(as_tuple=True).
+    "nonzero": "nonzero", "argwhere": "nonzero", "where": "nonzero", "nonzero_static": "nonzero",
+    "count_nonzero": "nonzero",
+    "unique": "unique", "unique_consecutive": "unique",
+    "unique.indices": "unique", "unique_consecutive.indices": "unique",
+    "isnan": "nonfinite_check", "isinf": "nonfinite_check", "isfinite": "nonfinite_check",
+    "isneginf": "nonfinite_check", "isposinf": "nonfinite_check",
 }
 
 
+def _known(name: str) -> str | None:
+    """The family of one spelling, also in its in-place form ("round_") and as a dunder with
+    its trailing underscores stripped ("__eq" for "__eq__")."""
+    if name in _ALIASES:
+        return _ALIASES[name]
+    if name.startswith("__"):
+        return _ALIASES.get(name.rstrip("_") + "__")
+    if name.endswith("_"):
+        return _ALIASES.get(name.rstrip("_"))
+    return None
+
+
 def _family(op: str) -> str | None:
-    if op in _ALIASES:
-        return _ALIASES[op]
-    # Accept qualified spellings such as "torch.Tensor.round" or "aten.round.default",
-    # and in-place variants such as "round_".
-    for part in reversed(op.replace("::", ".").split(".")):
-        if part in _ALIASES:
-            return _ALIASES[part]
-        if part.endswith("_") and not part.startswith("__") and part[:-1] in _ALIASES:
-            return _ALIASES[part[:-1]]
+    parts = op.replace("::", ".").split(".")
+    # Qualified spellings: the longest known tail first ("Tensor.max.indices" is "max.indices",
+    # "torch.Tensor.round" is "round"), then any known part ("aten.round.default").
+    for start in range(len(parts)):
+        family = _known(".".join(parts[start:]))
+        if family:
+            return family
+    for part in reversed(parts):
+        family = _known(part)
+        if family:
+            return family
     return None
 
 
@@ -133,7 +187,9 @@ def relaxations_for(op: str) -> tuple[str, ...]:
 
 def fix_for(op: str) -> str | None:
     """One line of advice for a cut made by `op`, or None when no relaxation applies."""
-    names = relaxations_for(op)
+    family = _family(op)
+    names = RELAXATIONS.get(family, ()) if family else ()
     if not names:
         return None
-    return "use " + " or ".join(f"endtoend.relax.{n}" for n in names)
+    use = "use " + " or ".join(f"endtoend.relax.{n}" for n in names)
+    return f"{ADVICE[family]}, {use}" if family in ADVICE else use

@@ -165,6 +165,9 @@ def fit(
         curriculum_epochs = max(epochs // 2, 1) if curriculum_epochs is None else curriculum_epochs
     if unfreeze_schedule:
         flow.check_unfreeze(model, unfreeze_schedule)
+        # Every parameter the schedule will ever unfreeze must be in the optimizer, even one
+        # the user froze beforehand; the loop then sets each epoch's trainable set.
+        flow.apply_unfreeze(model, unfreeze_schedule, max(unfreeze_schedule))
     if activation_checkpointing:
         checkpoint_blocks(model)
 
@@ -220,7 +223,10 @@ def fit(
 
     def save(is_best: bool) -> dict[str, Any] | None:
         """Checkpoint now; returns the snapshot (the new rollback point) or None if refused."""
-        bad = first_non_finite(network.state_dict())
+        # Everything the checkpoint holds, not only the weights: Adam's second moment can
+        # overflow to Inf from a huge but finite gradient while the weights stay finite.
+        bad = first_non_finite({"model": network.state_dict(), "optimizer": opt.state_dict()["state"],
+                                "ema": averaged.state_dict() if averaged is not None else {}})
         if bad is not None:
             bar.warn(f"not writing a checkpoint at step {state.step}: {bad} holds NaN/Inf")
             return None
@@ -253,7 +259,8 @@ def fit(
     rollback_point = snapshot()          # the last good state: start, then every checkpoint
     best_weights = None                  # for early stopping: a copy of the best network state
     consecutive_bad = 0
-    stopped_early = False
+    # A run resumed from the checkpoint written just before it stopped early stays stopped.
+    stopped_early = bool(early_stopping) and state.epochs_without_improvement >= early_stopping
 
     # --- the loop -------------------------------------------------------------------------
     network.train()
@@ -302,6 +309,8 @@ def fit(
                 state.skipped_steps += 1
                 consecutive_bad += 1
                 opt.zero_grad(set_to_none=True)
+                if scaler is not None:  # close this step's unscale_ (the scale backs off), or the next one raises
+                    scaler.update()
                 writer.log(state.step, state.epoch, "train", "skipped_step", 1.0)
                 if consecutive_bad >= bad_steps_before_rollback:
                     state = _rollback(rollback_point, network, opt, averaged, state, rollback_lr_factor,
@@ -312,7 +321,7 @@ def fit(
                 continue
             consecutive_bad = 0
 
-            if layer_norms_every and state.step % layer_norms_every == 0:  # the per-layer monitor
+            if layer_norms_every and writer.enabled and state.step % layer_norms_every == 0:  # per-layer monitor
                 for name, value in gradient_norms(network).items():
                     writer.log(state.step, state.epoch, "grad_norm", name, value)
                 for name, value in weight_norms(network).items():
@@ -373,7 +382,7 @@ def fit(
 
     # --- final weights: the best ones (early stopping) or the EMA average ---------------------
     if stopped_early:
-        best_weights = best_weights or _load_best_weights(folder, state.best_step, dev)
+        best_weights = best_weights or _load_best_weights(folder, state.best_step, dev, averaged is not None)
         if best_weights is not None:
             network.load_state_dict(best_weights)
     elif averaged is not None:
@@ -451,12 +460,23 @@ def _evaluated_weights(network, averaged) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in network.state_dict().items()}
 
 
-def _load_best_weights(folder: Path | None, step: int | None, dev) -> dict[str, torch.Tensor] | None:
-    """After a resume the in-memory best copy is gone: read the kept best checkpoint."""
+def _load_best_weights(folder: Path | None, step: int | None, dev, use_ema: bool) -> dict[str, torch.Tensor] | None:
+    """After a resume the in-memory best copy is gone: read the kept best checkpoint.
+
+    With EMA the best was judged on the averaged weights, so those are the ones returned.
+    """
     if folder is None or step is None:
         return None
     path = folder / "checkpoints" / ckpt.step_folder_name(step)
-    return {k: v.to(dev) for k, v in ckpt.read_checkpoint(path).model.items()} if path.exists() else None
+    if not path.exists():
+        return None
+    saved = ckpt.read_checkpoint(path)
+    weights = dict(saved.model)
+    for name in weights if use_ema else ():
+        for key in (f"ema.params.{name}", f"ema.buffers.{name}"):
+            if key in saved.optimizer:
+                weights[name] = saved.optimizer[key]
+    return {k: v.to(dev) for k, v in weights.items()}
 
 
 def _autocast_dtype(precision: str, dev: torch.device) -> torch.dtype | None:
