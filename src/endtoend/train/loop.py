@@ -484,7 +484,8 @@ def _load_best_weights(folder: Path | None, step: int | None, dev, use_ema: bool
 
 def _autocast_dtype(precision: str, dev: torch.device) -> torch.dtype | None:
     """None means plain fp32. "auto" picks bf16 on CUDA GPUs that support it, fp32 elsewhere:
-    bf16 matmuls on CPUs without AMX are far slower than fp32 (benchmarks/RESULTS.md)."""
+    on CPUs without AVX512_BF16 or AMX, bf16 matmuls are 2x to 70x slower than fp32, and fp32
+    keeps CPU runs bit-reproducible (docs/stability.md has the measurements)."""
     if precision == "fp32":
         return None
     if precision == "auto":
