@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from endtoend.errors import UsageError
+from endtoend.objective import Objective
 from endtoend.train import checkpoint as ckpt
 from endtoend.train import flow
 from endtoend.train.data import TensorData, as_data, eval_batches, steps_per_epoch, train_batches
@@ -149,11 +150,16 @@ def fit(
     is_main = rank == 0
     dev = _resolve_device(device)
     loss_fn = resolve_loss(loss)
+    # An Objective (named terms, learned weighting) trains alongside the model: its weights
+    # join the optimizer, its terms are logged, and its state is checkpointed.
+    objective = loss if isinstance(loss, Objective) else None
     metric_fns = resolve_metrics(metrics)
     seed_everything(seed)
 
     network = nn.Sequential(OrderedDict(transforms=transforms, model=model)) if transforms is not None else model
     network.to(dev)
+    if objective is not None:
+        objective.to(dev)
     train_data = as_data(train, "train", dev)
     val_data = as_data(val, "val", dev)
     test_data = as_data(test, "test", dev)
@@ -172,7 +178,8 @@ def fit(
     if activation_checkpointing:
         checkpoint_blocks(model)
 
-    opt = _build_optimizer(optimizer, network, lr, weight_decay)
+    opt = _build_optimizer(optimizer, network, lr, weight_decay,
+                           list(objective.parameters()) if objective is not None else [])
     peak_lrs = [group["lr"] for group in opt.param_groups]
     autocast_dtype = _autocast_dtype(precision, dev)
     scaler = torch.amp.GradScaler(dev.type) if autocast_dtype == torch.float16 else None
@@ -183,7 +190,8 @@ def fit(
     total_steps = epochs * per_epoch
     monitor = monitor or ("val_loss" if val_data is not None else "train_loss")
     monitor_higher = HIGHER_IS_BETTER.get(monitor.split("_", 1)[-1], True)
-    trainable = [p for p in network.parameters()]
+    trainable = [p for p in network.parameters()]  # clipped; the Objective's weights are not
+    guarded = trainable + (list(objective.parameters()) if objective is not None else [])
 
     identity = _identity(network, seed, batch_size, opt, loss, schedule, config or {})
     resolved = dict(config or {}, epochs=epochs, batch_size=batch_size, optimizer=type(opt).__name__,
@@ -209,7 +217,7 @@ def fit(
     loaded = ckpt.load_latest_checkpoint(folder / "checkpoints", bar.warn) if resume else None
     if loaded is not None:
         _check_identity(loaded.state["identity"], identity, loaded.folder)
-        state = _restore(loaded.state, loaded.model, loaded.optimizer, network, opt, averaged, dev)
+        state = _restore(loaded.state, loaded.model, loaded.optimizer, network, opt, averaged, objective, dev)
         truncate_metrics_after(folder, state.step)
         bar.note(f"resuming from {loaded.folder} (step {state.step}, epoch {state.epoch + 1})")
     # Logs open only now, once the folder is accepted and a resumed log is trimmed.
@@ -222,7 +230,8 @@ def fit(
                                              + time.time() - started), "rng": capture_rng(),
                 "model": {k: v.detach().clone() for k, v in network.state_dict().items()},
                 "optimizer": copy.deepcopy(opt.state_dict()),
-                "ema": {k: v.clone() for k, v in averaged.state_dict().items()} if averaged else None}
+                "ema": {k: v.clone() for k, v in averaged.state_dict().items()} if averaged else None,
+                "objective": copy.deepcopy(objective.state_dict()) if objective is not None else None}
 
     def save(is_best: bool) -> dict[str, Any] | None:
         """Checkpoint now; returns the snapshot (the new rollback point) or None if refused."""
@@ -239,6 +248,8 @@ def fit(
         optimizer_tensors, optimizer_groups = ckpt.optimizer_to_tensors(opt)
         if averaged is not None:
             optimizer_tensors.update({f"ema.{k}": v for k, v in averaged.state_dict().items()})
+        if objective is not None:
+            optimizer_tensors.update({f"objective.{k}": v for k, v in objective.state_dict().items()})
         saved = dict(dataclasses.asdict(snap["state"]), rng=snap["rng"], identity=identity,
                      config_hash=_hash(identity), optimizer_groups=optimizer_groups)
         root = folder / "checkpoints"
@@ -252,7 +263,8 @@ def fit(
     # Drawing it (a DataLoader shuffles from the global RNG) must not shift any RNG stream.
     rng_before_checks = capture_rng()
     first_inputs, first_targets = next(iter(train_batches(train_data, batch_size, seed, 0, 0, dev, rank, world_size)))
-    _check_output_fits_targets(network, loss_fn, first_inputs, first_targets)
+    with _eval_mode(objective):
+        _check_output_fits_targets(network, loss_fn, first_inputs, first_targets)
     audit_report = None
     if audit != "off" and loaded is None:
         audit_report = _run_audit(network, first_inputs, first_targets, loss_fn, audit, bar)
@@ -308,7 +320,7 @@ def fit(
 
             # Non-finite guard: skip the step; after K bad steps in a row, roll back.
             # (Under fp16 the GradScaler skips overflowing steps itself; we check the loss.)
-            if guard and not all_finite(loss_value, [] if scaler else trainable):
+            if guard and not all_finite(loss_value, [] if scaler else guarded):
                 state.skipped_steps += 1
                 consecutive_bad += 1
                 opt.zero_grad(set_to_none=True)
@@ -316,8 +328,8 @@ def fit(
                     scaler.update()
                 writer.log(state.step, state.epoch, "train", "skipped_step", 1.0)
                 if consecutive_bad >= bad_steps_before_rollback:
-                    state = _rollback(rollback_point, network, opt, averaged, state, rollback_lr_factor,
-                                      max_rollbacks, bar)
+                    state = _rollback(rollback_point, network, opt, averaged, objective, state,
+                                      rollback_lr_factor, max_rollbacks, bar)
                     consecutive_bad = 0
                     rolled_back = True
                     break
@@ -338,6 +350,8 @@ def fit(
                 opt.step()
             if averaged is not None:
                 averaged.update(network)
+            if objective is not None:
+                objective.renormalize_()  # GradNorm keeps its weights summing to the number of terms
 
             recent_losses.append(loss_value.detach())
             if state.step % log_every == 0 or state.batch_in_epoch == per_epoch:
@@ -350,6 +364,8 @@ def fit(
                 writer.log(state.step, state.epoch, "train", "lr", peak_lrs[0] * factor)
                 if clip_norm or clip_value or agc:
                     writer.log(state.step, state.epoch, "train", "grad_norm_before_clip", pre_clip_norm)
+                for name, value in (objective.log_values().items() if objective is not None else ()):
+                    writer.log(state.step, state.epoch, "train", name, value)  # loss/<term>, weight/<term>
                 bar.update(state.step, state.epoch, epochs, mean_loss)
             if checkpoint_every and state.step % checkpoint_every == 0 and state.batch_in_epoch < per_epoch:
                 rollback_point = save(is_best=False) or rollback_point
@@ -360,7 +376,7 @@ def fit(
         record = {"epoch": state.epoch + 1, "step": state.step,
                   "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1)}
         if val_data is not None:
-            for name, value in _evaluate(network, averaged, val_data, batch_size, dev, loss_fn, metric_fns).items():
+            for name, value in _evaluate(network, averaged, objective, val_data, batch_size, dev, loss_fn, metric_fns).items():
                 record[f"val_{name}"] = value
                 writer.log(state.step, state.epoch, "val", name, value)
         state.history.append(record)
@@ -395,7 +411,7 @@ def fit(
     final = {"train_loss": state.history[-1]["train_loss"]} if state.history else {}
     for split, data in (("val", val_data), ("test", test_data)):
         if data is not None:
-            for name, value in _evaluate(network, None, data, batch_size, dev, loss_fn, metric_fns).items():
+            for name, value in _evaluate(network, None, objective, data, batch_size, dev, loss_fn, metric_fns).items():
                 final[f"{split}_{name}"] = value
                 writer.log(state.step, state.epoch, split, f"final_{name}", value)
     weights_hash = ckpt.weights_sha256(network.state_dict())
@@ -417,20 +433,26 @@ def fit(
 
 # --- pieces of the loop that would hide its shape if inlined -------------------------------
 
-def _restore(saved: dict[str, Any], model_tensors, optimizer_tensors, network, opt, averaged, dev) -> TrainState:
+def _restore(saved: dict[str, Any], model_tensors, optimizer_tensors, network, opt, averaged, objective,
+             dev) -> TrainState:
     """Load a checkpoint's tensors into the live objects and return its TrainState."""
     network.load_state_dict({k: v.to(dev) for k, v in model_tensors.items()})
+    extra = ("ema.", "objective.")
     ema_tensors = {k[4:]: v.to(dev) for k, v in optimizer_tensors.items() if k.startswith("ema.")}
-    ckpt.optimizer_from_tensors(opt, {k: v.to(dev) for k, v in optimizer_tensors.items() if not k.startswith("ema.")},
+    objective_tensors = {k[10:]: v.to(dev) for k, v in optimizer_tensors.items() if k.startswith("objective.")}
+    ckpt.optimizer_from_tensors(opt, {k: v.to(dev) for k, v in optimizer_tensors.items() if not k.startswith(extra)},
                                 saved["optimizer_groups"])
     if averaged is not None and ema_tensors:
         averaged.load_state_dict(ema_tensors)
+    if objective is not None and objective_tensors:
+        objective.load_state_dict(objective_tensors)
     restore_rng(saved["rng"])
     fields = {f.name for f in dataclasses.fields(TrainState)}
     return TrainState(**{k: v for k, v in saved.items() if k in fields})
 
 
-def _rollback(point, network, opt, averaged, state, lr_factor_on_rollback, max_rollbacks, bar) -> TrainState:
+def _rollback(point, network, opt, averaged, objective, state, lr_factor_on_rollback, max_rollbacks,
+              bar) -> TrainState:
     """Return to the last good state (the last checkpoint) with a lower learning rate."""
     if state.rollbacks >= max_rollbacks:
         raise UsageError(f"training diverged: {max_rollbacks} rollbacks did not get past non-finite "
@@ -439,6 +461,8 @@ def _rollback(point, network, opt, averaged, state, lr_factor_on_rollback, max_r
     opt.load_state_dict(copy.deepcopy(point["optimizer"]))
     if averaged is not None and point["ema"] is not None:
         averaged.load_state_dict(point["ema"])
+    if objective is not None:
+        objective.load_state_dict(point["objective"])
     restore_rng(point["rng"])
     restored = dataclasses.replace(point["state"], history=list(point["state"].history),
                                    skipped_steps=state.skipped_steps, rollbacks=state.rollbacks + 1,
@@ -447,12 +471,24 @@ def _rollback(point, network, opt, averaged, state, lr_factor_on_rollback, max_r
     return restored
 
 
-def _evaluate(network, averaged, data, batch_size, dev, loss_fn, metric_fns) -> dict[str, float]:
+def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metric_fns) -> dict[str, float]:
     batches = eval_batches(data, batch_size * 4, dev)
-    if averaged is None:
+    with _eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
         return evaluate(network, batches, loss_fn, metric_fns)
-    with averaged.swapped(network):
-        return evaluate(network, batches, loss_fn, metric_fns)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module | None):
+    """Evaluate an Objective in eval mode (GradNorm's balancing needs gradients, eval has none)."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _evaluated_weights(network, averaged) -> dict[str, torch.Tensor]:
@@ -514,21 +550,25 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _build_optimizer(optimizer: Any, network: nn.Module, lr: float | None, weight_decay: float) -> torch.optim.Optimizer:
+def _build_optimizer(optimizer: Any, network: nn.Module, lr: float | None, weight_decay: float,
+                     objective_params: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
     params = [p for p in network.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters (all have requires_grad=False)")
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
-        return optimizer(params)
+        return optimizer(params + list(objective_params))
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)} or pass a callable")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     if not lr > 0:
         raise UsageError(f"lr must be a positive number, got {lr!r}")
     extra = {"momentum": 0.9, "nesterov": True} if optimizer == "sgd" else {}
-    return OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay, **extra)
+    groups = [{"params": params}]
+    if objective_params:  # loss weights are not regularised towards zero
+        groups.append({"params": objective_params, "weight_decay": 0.0})
+    return OPTIMIZERS[optimizer](groups, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def _identity(network: nn.Module, seed: int, batch_size: int, opt: torch.optim.Optimizer,
