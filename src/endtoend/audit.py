@@ -6,10 +6,14 @@
    that sees every torch call. A call whose inputs require grad is a *cut* when its tensor
    outputs do not (`argmax`, comparisons, integer casts, `.detach()`, `.data`, anything under
    `torch.no_grad()`), when it turns the tensor into a Python value (`.item()`, `.tolist()`,
-   `int(t)`), or when its derivative is zero almost everywhere (`round`, `sign`, ...). Each
-   cut keeps the user's file and line, the module whose code holds that line, the autograd
-   nodes of its inputs, and whether anything later consumed its output (an unused index
-   output, such as the one of `topk` in top-k routing, cuts nothing).
+   `int(t)`), when its derivative is zero almost everywhere (`round`, `sign`, ...), or when
+   it is a random op whose own backward node returns zeros whatever gradient arrives (a
+   sample that is not reparameterised: `bernoulli`, `normal`, `poisson`). Each cut keeps the
+   user's file and line, the module whose code holds that line, the autograd nodes of its
+   inputs, and whether anything later consumed its output (an unused index output, such as
+   the one of `topk` in top-k routing, cuts nothing), whether its values came back into the
+   computation (reading `.shape` or `.dim()` does not) and whether they became a position
+   (a slice bound: the crop fix).
 2. **Backward.** One plain backward of the objective gives every parameter's gradient as
    training sees it (`.grad` is restored afterwards). Gradients that are exactly zero are
    probed again with random projections of the outputs, then once more with the all-zero
@@ -67,7 +71,22 @@ _SHAPE_ONLY = {
     "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "grad", "grad_fn",
     "expand_as", "view_as", "reshape_as", "type_as",  # the argument only lends its shape or dtype
 }
-_ZERO_GRADIENT_KINDS = ("zero_derivative", "empty")
+# Reading metadata (shape, size, dim, dtype, device, ...) reads no values: an int, a
+# torch.Size or a dtype read from a cut's output does not carry its values back into the
+# computation (a distribution's argument check runs `value == value`, then `.dim()`).
+_METADATA = {
+    "shape", "size", "dim", "ndimension", "ndim", "__len__", "numel", "nelement", "dtype", "device",
+    "layout", "is_floating_point", "is_complex", "is_signed", "is_contiguous", "stride", "storage_offset",
+    "element_size", "itemsize", "nbytes", "get_device", "is_cuda", "is_cpu", "is_meta", "is_sparse",
+    "is_quantized", "is_nested", "is_inference", "requires_grad", "is_leaf", "names", "data_ptr",
+    "untyped_storage", "grad_fn", "_version",
+}
+_METADATA_TYPES = (torch.Size, torch.dtype, torch.device, torch.layout)
+# Torch dispatches `a == b` as Tensor.__eq__ but `a > b` as Tensor.gt: show (and look up)
+# every comparison by its method name.
+_DUNDER_METHODS = {"__eq__": "eq", "__ne__": "ne", "__lt__": "lt", "__le__": "le", "__gt__": "gt", "__ge__": "ge"}
+# Kinds whose gradient arrives but is exactly zero (the parameters stay in the graph).
+_ZERO_GRADIENT_KINDS = ("zero_derivative", "sampled", "empty")
 _CASTS = {"to", "type", "long", "int", "short", "byte", "char", "bool"}
 _NUMPY = {"Tensor.numpy", "Tensor.__array__"}
 # How many random projections of the outputs re-check a zero gradient before the nudge.
@@ -293,6 +312,8 @@ class _Cut:
     # Did its values flow back into differentiable computation (rather than only into
     # Python control flow, such as a validity check)? Unknown for Python values: assume so.
     reentered: bool = False
+    # Did its values become a position: a slice bound (`x[:, i:i + 4]`) or narrow's start?
+    as_position: bool = False
 
 
 @dataclass(eq=False)
@@ -326,18 +347,20 @@ class _Recorder(TorchFunctionMode):
             inputs = _tensors_in(kwargs, _tensors_in(args, []))
             if inputs:
                 if self._watched:
-                    self._follow_consumers(func, inputs, result)
+                    self._follow_consumers(func, args, kwargs, inputs, result)
                 self._note_parameter_use(inputs)
                 grad_inputs = [t for t in inputs if t.requires_grad]
                 if grad_inputs:
-                    self._check_for_cut(func, kwargs, grad_inputs, result)
+                    self._check_for_cut(func, args, kwargs, inputs, grad_inputs, result)
         except Exception as error:  # never let the audit break the user's forward
             self.internal_errors.append(f"{_op_name(func)}: {type(error).__name__}: {error}")
         return result
 
-    def _check_for_cut(self, func, kwargs, grad_inputs, result) -> None:
+    def _check_for_cut(self, func, args, kwargs, inputs, grad_inputs, result) -> None:
         name = _bare_name(func)
         outputs = _tensors_in(result, [])
+        if name in _CASTS and args and isinstance(args[0], torch.Tensor) and not args[0].requires_grad:
+            return  # `x.to(other)`: the argument with gradient only lends its dtype and device
         if not torch.is_grad_enabled():
             if self._inside_custom_function():
                 return  # a custom Function's forward: its backward decides, checked later
@@ -348,14 +371,18 @@ class _Recorder(TorchFunctionMode):
             self._record("escape", func, name, grad_inputs, [], consumed=True)
         elif any(not t.requires_grad for t in outputs):
             if name not in _SHAPE_ONLY:
-                blocked = [t for t in outputs if not t.requires_grad]
-                partial = len(blocked) < len(outputs)  # e.g. max(dim): values flow, indices not
-                self._record("non_differentiable", func, name, grad_inputs, blocked, partial=partial)
+                blocked, partial = _blocked_outputs(inputs, outputs)
+                if blocked:
+                    self._record("non_differentiable", func, name, grad_inputs, blocked, partial=partial)
         elif outputs and all(t.numel() == 0 for t in outputs) and any(t.numel() for t in grad_inputs):
             # An empty selection (no token routed to this expert, no box on this level): the
             # inputs get exactly zero gradient from this use, for this batch only.
             self._record("empty", func, name, grad_inputs, outputs)
-        elif name.rstrip("_") in _ZERO_DERIVATIVE or (name in ("div", "divide", "div_") and kwargs.get("rounding_mode")):
+        elif _is_random(name) and _ignores_incoming_gradient(name, outputs, grad_inputs):
+            # A sample (bernoulli, normal, poisson, exponential_, ...) whose backward returns
+            # zeros whatever gradient arrives: not reparameterised.
+            self._record("sampled", func, name, grad_inputs, outputs)
+        elif _lookup_name(name) in _ZERO_DERIVATIVE or (name in ("div", "divide", "div_") and kwargs.get("rounding_mode")):
             self._record("zero_derivative", func, name, grad_inputs, outputs)
 
     def _record(self, kind, func, name, grad_inputs, outputs, consumed=False, partial=False) -> None:
@@ -363,7 +390,7 @@ class _Recorder(TorchFunctionMode):
         if site.internal:
             return  # the cuts inside endtoend.relax are its estimators, intended by construction
         op = _op_name(func) + (".indices" if partial else "")
-        lookup = name.rstrip("_") + (".indices" if partial else "")
+        lookup = _lookup_name(name) + (".indices" if partial else "")
         if name in _CASTS and kind == "non_differentiable":
             lookup = "to_integer"
         elif kind == "zero_derivative" and name.startswith("div"):
@@ -387,26 +414,33 @@ class _Recorder(TorchFunctionMode):
         entry = self._watched.get(id(t))
         return entry[1] if entry is not None and entry[0]() is t else set()
 
-    def _follow_consumers(self, func, inputs, result) -> None:
+    def _follow_consumers(self, func, args, kwargs, inputs, result) -> None:
         """Mark cuts whose outputs this call consumes; keep following the gradient-free chain,
-        so `.detach().cpu().numpy()` is seen as a trip through NumPy."""
+        so `.detach().cpu().numpy()` is seen as a trip through NumPy, and note the cuts whose
+        values become positions (slice bounds)."""
+        bare = _bare_name(func)
+        positions = _positions(bare, args, kwargs)
         cuts: set[_Cut] = set()
         for t in inputs:
-            entry = self._watched.get(id(t))
-            if entry is not None and entry[0]() is t:
-                cuts |= entry[1]
-        if not cuts:
+            cuts |= self._cuts_of(t)
+        at_positions: set[_Cut] = set()
+        for t in positions:
+            at_positions |= self._cuts_of(t)
+        if not cuts and not at_positions:
             return
         outputs = _tensors_in(result, [])
         # Values flow back into the computation through a tensor that requires grad, or into
         # Python values and arrays (item, tolist, numpy) that may come back: assume they do.
-        # A bare bool (an `if`, an argument check) only steers control flow.
+        # A bare bool (an `if`, an argument check) only steers control flow, and metadata
+        # (`.dim()`, `.shape`, `.dtype`) carries no values.
         reentered = any(t.requires_grad for t in outputs) or (
-            not outputs and result is not None and not isinstance(result, bool))
+            not outputs and result is not None and not isinstance(result, (bool, *_METADATA_TYPES))
+            and bare not in _METADATA)
         name = _op_name(func)
-        for cut in cuts:
+        for cut in cuts | at_positions:
             cut.consumed = True
-            cut.reentered |= reentered
+            cut.reentered |= reentered or cut in at_positions  # a crop's corner: it selects the values
+            cut.as_position |= cut in at_positions
             cut.consumers.add(name)
         self._watch([t for t in outputs if not t.requires_grad], cuts)
 
@@ -513,6 +547,77 @@ def _tensors_in(obj: Any, found: list) -> list:
     return found
 
 
+def _blocked_outputs(inputs: list, outputs: list) -> tuple[list, bool]:
+    """The outputs without gradient that cut, and whether they are the index outputs of an
+    op whose other outputs carry gradient (the indices of max(dim), sort, topk).
+
+    When some outputs carry gradient, an op with one output per input (broadcast_tensors,
+    meshgrid, atleast_1d: as many outputs as tensor inputs) cuts only at the outputs whose
+    input required grad; an output of an input that never had gradient (the constant scale
+    of Normal(h, 1.0), the integer sample given to Categorical.log_prob) cuts nothing.
+    Otherwise every output without gradient cuts (the indices of max(dim), sort, topk)."""
+    blocked = [t for t in outputs if not t.requires_grad]
+    if len(blocked) == len(outputs):
+        return blocked, False
+    if len(inputs) == len(outputs):
+        blocked = [t for t, source in zip(outputs, inputs) if not t.requires_grad and source.requires_grad]
+    return blocked, bool(blocked) and not any(t.is_floating_point() or t.is_complex() for t in blocked)
+
+
+_random_ops: dict[str, bool] = {}
+
+
+def _is_random(name: str) -> bool:
+    """Whether the aten op of this name draws random numbers (torch tags those ops
+    `nondeterministic_seeded`: bernoulli, normal, poisson, exponential_, dropout, ...)."""
+    known = _random_ops.get(name)
+    if known is None:
+        known = False
+        if name and not name.startswith("__"):
+            try:
+                packet = getattr(torch.ops.aten, name)
+                known = any(torch.Tag.nondeterministic_seeded in getattr(packet, overload).tags
+                            for overload in packet.overloads())
+            except Exception:  # no aten op of that name (a Python-level function, a property)
+                known = False
+        _random_ops[name] = known
+    return known
+
+
+def _ignores_incoming_gradient(name: str, outputs: list, grad_inputs: list) -> bool:
+    """True when the op's own backward node returns exact zeros for a NaN gradient: its
+    derivative is zero by construction (a sample drawn without reparameterisation), not by
+    the values of this batch (dropout multiplies the NaN, and passes it on). One call of
+    that node, which frees nothing."""
+    if len(outputs) != 1 or outputs[0].grad_fn is None:
+        return False
+    node = outputs[0].grad_fn
+    in_place = name.endswith("_") and not name.endswith("__")  # x.bernoulli_(): a new node on x
+    if not in_place and any(t is outputs[0] or _graph_handle(t) is node for t in grad_inputs):
+        return False  # no node of its own: an input returned as it is (dropout in eval mode)
+    try:
+        with torch.no_grad():
+            grads = node(torch.full_like(outputs[0], float("nan")))
+    except Exception:  # a node that cannot be called on its own: assume it passes gradient on
+        return False
+    grads = [g for g in (grads if isinstance(grads, tuple) else (grads,)) if isinstance(g, torch.Tensor)]
+    return bool(grads) and all(not _values(g).any() for g in grads)
+
+
+def _positions(name: str, args: tuple, kwargs: dict) -> list:
+    """The tensors a call uses as positions: slice bounds in an index (`x[:, i:i + 4]`) and
+    the start of narrow. (A tensor of indices, `x[idx]`, is a gather: not counted.)"""
+    found: list = []
+    if name in ("__getitem__", "__setitem__") and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        for item in index:
+            if isinstance(item, slice):
+                _tensors_in([item.start, item.stop, item.step], found)
+    elif name == "narrow":
+        _tensors_in([kwargs.get("start", args[2] if len(args) > 2 else None)], found)
+    return found
+
+
 def _graph_handle(t: torch.Tensor):
     """Where the graph walk starts for `t`: its grad_fn, or the leaf itself. A view made under
     no_grad has no grad_fn of its own, so walk to its base."""
@@ -525,7 +630,13 @@ def _bare_name(func) -> str:
     name = getattr(func, "__name__", "")
     if name == "__get__":  # property getters, such as Tensor.data
         return getattr(getattr(func, "__self__", None), "__name__", "__get__")
-    return name
+    return _DUNDER_METHODS.get(name, name)
+
+
+def _lookup_name(name: str) -> str:
+    """The name given to the registry: an in-place op as its out-of-place form ("round_" is
+    "round"); a dunder keeps its underscores."""
+    return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
 def _op_name(func) -> str:
@@ -762,9 +873,13 @@ def _cut_finding(cut: _Cut, starved: list[str], only_control_flow: bool = False)
         "no_grad": f"`{cut.op}` ran under torch.no_grad() (or inference_mode / set_grad_enabled(False))"
                    + _inside(cut.site.torch_function) + ", so its result has no gradient",
         "zero_derivative": f"`{cut.op}` has zero derivative almost everywhere: the gradient through it is exactly zero",
+        "sampled": f"`{cut.op}` draws a random sample whose gradient with respect to its inputs (the "
+                   "distribution's parameters) is exactly zero: it is not reparameterised",
     }[cut.kind]
     if cut.consumers & _NUMPY:
         what += ", and the value goes through NumPy"
+    if cut.as_position:
+        what += ", and the value is used as a position (a slice bound)"
     op = "no_grad" if cut.kind == "no_grad" else cut.op
     if starved:
         return Finding("error", "cut", op, cut.site.module, cut.site.file, cut.site.line,
@@ -790,18 +905,34 @@ def _no_data_finding(cut: _Cut, params: list[str]) -> Finding:
     )
 
 
+_SAMPLER_FIX = (
+    "use .rsample() (the reparameterised sample) or endtoend.relax.reparameterize; for discrete "
+    "distributions endtoend.relax.gumbel_softmax or relaxed_bernoulli"
+)
+# A sampler the registry has no relaxation for (poisson, exponential_, geometric_, ...).
+_UNRELAXED_SAMPLER_FIX = (
+    "draw from a distribution with a reparameterised sample (Distribution.rsample), or train the "
+    "parameters with a score-function estimator: weight log_prob(sample) by a detached reward (REINFORCE)"
+)
+
+
 def _cut_fix(cut: _Cut) -> str:
     if cut.consumers & _NUMPY:
         return "keep the computation in torch ops (NumPy arrays carry no gradient), e.g. torch.linalg / torch.special"
+    if cut.as_position:
+        # A crop or window placed at a computed integer: no relaxation of the op that made the
+        # integer helps, since slicing itself has no gradient with respect to the position.
+        return fix_for("integer_index") or "sample the window with bilinear interpolation (F.grid_sample)"
     if cut.kind == "no_grad":
         sampler = "sample" in (cut.site.torch_function or "")
         return (fix_for(cut.site.torch_function or "") or
-                ("use .rsample() (the reparameterised sample) or endtoend.relax.reparameterize; for discrete "
-                 "distributions endtoend.relax.gumbel_softmax or relaxed_bernoulli" if sampler else
+                (_SAMPLER_FIX if sampler else
                  "compute it outside torch.no_grad(); to freeze parameters on purpose, call requires_grad_(False) on them"))
     registered = fix_for(cut.lookup)
     if registered:
         return registered
+    if cut.kind == "sampled":
+        return _UNRELAXED_SAMPLER_FIX
     if cut.kind == "escape":
         return "keep it a tensor: use the tensor in the computation instead of a Python number (torch.where for data-dependent choices)"
     if cut.lookup == "detach":
@@ -1036,11 +1167,40 @@ def run_audit_command(spec: str, as_json: bool = False, console=None) -> int:
         raise
     except Exception as error:
         raise UsageError(f"audit: the model's forward or loss raised {_one_line(error)}") from error
-    if as_json:
-        print(report.to_json())
-    else:
-        report.render(console)
+    try:
+        if as_json:
+            print(report.to_json())
+        else:
+            report.render(console or _pipe_safe_console())
+        if console is None:
+            sys.stdout.flush()  # a pipe's buffer: a closed reader shows here, not at exit
+    except BrokenPipeError:
+        # `e2e audit ... | head`: the reader has gone; stop writing, quietly.
+        if console is None or getattr(console, "file", None) is sys.stdout:
+            _stdout_to_devnull()
     return 0 if report.ok else 1
+
+
+def _pipe_safe_console():
+    """A rich Console on stdout whose closed pipe silences it: rich's own handler exits with
+    code 1, which would hide the audit's exit code."""
+    from rich.console import Console
+
+    class PipeSafeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            _stdout_to_devnull()
+
+    return PipeSafeConsole()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit does not raise
+    BrokenPipeError again (the recipe of Python's signal documentation)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _one_line(error: Exception) -> str:

@@ -14,6 +14,7 @@ from torch import nn
 
 from endtoend.audit import AuditReport, audit, load_factory, run_audit_command
 from endtoend.errors import UsageError
+from endtoend.relax import fix_for
 
 sys.path.insert(0, os.path.dirname(__file__))
 import zoo_broken  # noqa: E402
@@ -284,3 +285,190 @@ def test_audit_command_exit_codes(capsys):
     assert "NumPy" in capsys.readouterr().out
     assert run_audit_command(f"{ZOO_CORRECT}:make_vae", as_json=True) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+# ----------------------------------------------------------------------------- regressions
+
+THIS = sys.modules[__name__]
+
+
+class Front(nn.Module):
+    """front -> cut -> back: the cut decides whether `front` learns."""
+
+    def __init__(self, cut):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front = nn.Linear(4, 6)
+        self.back = nn.Linear(6, 1)
+        self.cut = cut
+
+    def forward(self, x):
+        return self.back(self.cut(self.front(x)))
+
+
+FRONT = ["front.bias", "front.weight"]
+
+
+def _rows():
+    return torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+
+
+def _errors(report):
+    return [f for f in report.findings if f.severity == "error"]
+
+
+def bernoulli_sample(h):
+    return torch.bernoulli(torch.sigmoid(h))  # SAMPLE bernoulli
+
+
+def normal_sample(h):
+    return torch.normal(h, torch.exp(h))  # SAMPLE normal
+
+
+def poisson_sample(h):
+    return torch.poisson(F.softplus(h))  # SAMPLE poisson
+
+
+def exponential_in_place(h):
+    return (h * 1).exponential_()  # SAMPLE exponential_
+
+
+@pytest.mark.parametrize("cut, op, fix", [
+    (bernoulli_sample, "bernoulli", "endtoend.relax.relaxed_bernoulli"),
+    (normal_sample, "normal", "endtoend.relax.reparameterize"),
+    (poisson_sample, "poisson", "score-function estimator"),  # no relaxation registered
+    (exponential_in_place, "Tensor.exponential_", "score-function estimator"),
+], ids=["bernoulli", "normal", "poisson", "exponential_"])
+def test_random_samples_without_gradient_are_cuts_at_their_line(cut, op, fix):
+    # Their derivative with respect to the distribution's parameters is zero: a cut at the
+    # sampling line with the relaxation, not a `dead` finding at front's first use.
+    report = audit(Front(cut), _rows())
+    (finding,) = _errors(report)
+    assert (finding.kind, finding.op) == ("cut", op)
+    assert finding.line == marker_line(THIS, f"SAMPLE {op.removeprefix('Tensor.')}")
+    assert finding.parameters == FRONT and fix in finding.fix
+    assert "sample" in finding.message and sorted(report.dead_parameters) == FRONT
+
+
+def test_random_ops_that_pass_gradient_are_not_cuts():
+    # Dropout multiplies the gradient by its mask (even a mask of zeros passes a NaN on);
+    # Gamma's sample is reparameterised; a REINFORCE loss trains through log_prob.
+    def score_function(h):
+        p = torch.sigmoid(h)
+        a = torch.bernoulli(p)
+        return (torch.distributions.Bernoulli(probs=p).log_prob(a) * a).sum(-1, keepdim=True).expand_as(h)
+
+    for cut in (lambda h: F.dropout(h, 0.5, training=True), lambda h: torch._standard_gamma(F.softplus(h) + 1),
+                score_function):
+        report = audit(Front(cut), _rows())
+        assert report.ok, report
+        assert not [f for f in report.findings if f.kind == "cut" and f.severity != "info"], report
+    # A dropout that drops everything in this batch starves front: dead, not a sampling cut.
+    report = audit(Front(lambda h: F.dropout(h, 0.999, training=True)), _rows())
+    assert [f.kind for f in _errors(report)] == ["dead"], report
+
+
+def test_equality_is_named_like_the_other_comparisons_and_gets_their_fix():
+    report = audit(Front(lambda h: (h == h.amax(-1, keepdim=True)).float()), _rows())
+    (finding,) = _errors(report)
+    assert finding.op == "Tensor.eq" and finding.fix == fix_for("eq") and "soft_threshold" in finding.fix
+    assert "__eq" not in report.to_json()
+    report = audit(Front(lambda h: torch.eq(h, h.amax(-1, keepdim=True)).float()), _rows())
+    assert [f.op for f in _errors(report)] == ["eq"]
+
+
+def test_metadata_read_from_a_cut_is_not_a_re_entry():
+    # A check that reads only .dim(), .shape, .size(), len() and the dtype of a comparison
+    # (a distribution's argument validation) feeds no values back: nothing to report.
+    def checked(h):
+        valid = h == h  # METADATA check
+        assert valid.dim() == 2 and valid.shape[0] == len(valid) == valid.size(0) and valid.dtype == torch.bool
+        assert valid.reshape(valid.shape[:1] + (-1,)).all()
+        return h
+
+    report = audit(Front(checked), _rows())
+    assert report.ok and not report.findings, report
+
+
+@pytest.mark.parametrize("case", ["categorical", "one_hot_categorical"])
+def test_categorical_sample_is_one_error(case):
+    # Categorical's argument check runs `logits == logits`, then .dim() and .shape; and
+    # OneHotCategorical casts its sample with .to(probs): neither is a second cut.
+    torch.manual_seed(0)
+    model, inputs, _kind, _op, starved = zoo_broken.CASES[case]()
+    (finding,) = _errors(audit(model, inputs))
+    assert (finding.op, finding.parameters) == ("multinomial", starved)
+    assert "gumbel_softmax" in finding.fix
+
+
+def test_an_output_whose_input_had_no_gradient_is_no_cut():
+    # broadcast_tensors(h, tensor(1.0)): the second output never had gradient (Normal(h, 1.0)).
+    def broadcast(h):
+        a, b = torch.broadcast_tensors(h, torch.tensor(1.0))
+        return a * b
+
+    report = audit(Front(broadcast), _rows())
+    assert report.ok and not report.findings, report
+    torch.manual_seed(0)
+    model, inputs, *_ = zoo_broken.CASES["normal_unit_scale"]()
+    (finding,) = _errors(audit(model, inputs))
+    assert finding.op == "no_grad" and "reparameterize" in finding.fix
+    # The index output of a (values, indices) op is still a cut.
+    report = audit(Front(lambda h: h.max(-1, keepdim=True).indices.float().expand_as(h)), _rows())
+    assert [f.op for f in _errors(report)] == ["Tensor.max.indices"]
+
+
+class TensorCrop(nn.Module):
+    """A localiser's corner, cast to integers that stay tensors, places a crop."""
+
+    def __init__(self, narrow: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front = nn.Linear(64, 2)
+        self.classifier = nn.Linear(16, 1)
+        self.narrow = narrow
+
+    def forward(self, images):  # (batch, 8, 8)
+        corner = (2 + 2 * torch.tanh(self.front(images.flatten(1)))).long()  # CROP corner
+        if self.narrow:
+            crops = [image.narrow(0, y, 4).narrow(1, x, 4) for image, (x, y) in zip(images, corner)]
+        else:
+            crops = [image[y:y + 4, x:x + 4] for image, (x, y) in zip(images, corner)]
+        return self.classifier(torch.stack(crops).flatten(1))
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["slice", "narrow"])
+def test_integer_used_as_a_slice_bound_gets_the_crop_fix(narrow):
+    report = audit(TensorCrop(narrow), torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    (finding,) = _errors(report)
+    assert (finding.op, finding.line) == ("Tensor.long", marker_line(THIS, "CROP corner"))
+    assert finding.fix == fix_for("integer_index") and "endtoend.relax.affine_crop" in finding.fix
+    assert "position" in finding.message and finding.parameters == ["front.bias", "front.weight"]
+    # An integer used as a gather index keeps the cast's own fix (IntegerCast in the zoo).
+    report = audit(*zoo_broken.CASES["long"]()[:2])
+    (finding,) = _errors(report)
+    assert "straight_through_round" in finding.fix
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
+def test_audit_command_survives_a_closed_pipe(as_json):
+    # `e2e audit ... | head`: the reader goes away; no traceback, and the exit code stands
+    # (1: the model is broken), for the JSON and for rich's table alike.
+    import subprocess
+
+    command = [sys.executable, "-c", "import sys; from endtoend.cli import main; sys.exit(main(sys.argv[1:]))",
+               "audit", f"{ZOO_BROKEN}:make_numpy_trip"] + (["--json"] if as_json else [])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before anything is written
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 1, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_audit_command_closed_pipe_in_process(monkeypatch):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert run_audit_command(f"{ZOO_CORRECT}:make_vae", as_json=True) == 0

@@ -7,7 +7,7 @@ from it. `CASES[name]` builds `(model, inputs, kind, op, starved)`: what the aud
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Normal
+from torch.distributions import Categorical, Normal, OneHotCategorical
 
 D = 6
 
@@ -271,6 +271,76 @@ class BidirectionalLastStep(nn.Module):
         return self.head(out[:, -1])
 
 
+class BernoulliGate(nn.Module):
+    """Stochastic binary gates drawn with torch.bernoulli: the sample's derivative with respect
+    to the probabilities is zero, so the gate never learns."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(D, D)
+        self.head = nn.Linear(D, 2)
+
+    def forward(self, x):
+        mask = torch.bernoulli(torch.sigmoid(self.gate(x)))  # CUT bernoulli
+        return self.head(x * mask)
+
+
+class PoissonCounts(nn.Module):
+    """Counts drawn with torch.poisson from a learned rate: the rate never learns."""
+
+    def __init__(self):
+        super().__init__()
+        self.rate = nn.Linear(D, D)
+        self.head = nn.Linear(D, 2)
+
+    def forward(self, x):
+        counts = torch.poisson(torch.nn.functional.softplus(self.rate(x)))  # CUT poisson
+        return self.head(counts)
+
+
+class CategoricalCode(nn.Module):
+    """A code drawn from Categorical(logits=...): one cut (the multinomial draw), whatever the
+    distribution's argument check does with the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = nn.Linear(D, 4)
+        self.codes = nn.Embedding(4, D)
+        self.head = nn.Linear(D, 2)
+
+    def forward(self, x):
+        code = Categorical(logits=self.router(x)).sample()  # CUT categorical
+        return self.head(x + self.codes(code))
+
+
+class OneHotCategoricalCode(nn.Module):
+    """The same with OneHotCategorical, whose sample is cast back to the logits' dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = nn.Linear(D, 4)
+        self.codes = nn.Linear(4, D, bias=False)
+        self.head = nn.Linear(D, 2)
+
+    def forward(self, x):
+        choice = OneHotCategorical(logits=self.router(x)).sample()  # CUT one_hot_categorical
+        return self.head(x + self.codes(choice))
+
+
+class NormalUnitScale(nn.Module):
+    """`Normal(mu, 1.0).sample()`: one cut (the sample); broadcasting mu against the constant
+    scale is none."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(D, 3)
+        self.dec = nn.Linear(3, D)
+
+    def forward(self, x):
+        z = Normal(self.enc(x), 1.0).sample()  # CUT normal_unit_scale
+        return self.dec(z)
+
+
 _ENC = ["enc.bias", "enc.weight"]
 CASES = {
     "argmax": lambda: (ArgmaxRouter(), _x(), "cut", "Tensor.argmax", ["router.bias", "router.weight"]),
@@ -294,6 +364,12 @@ CASES = {
                        ["enc.bias", "enc.weight", "log_sigma.bias", "log_sigma.weight", "mu.bias", "mu.weight"]),
     "bilstm_last_step": lambda: (BidirectionalLastStep(), _x(4, 5, D), "dead", None, ["lstm.weight_hh_l0_reverse"]),
     "topk": lambda: (TopKIndicesOnly(), _x(8, 5, D), "cut", "Tensor.topk.indices", ["scorer.bias", "scorer.weight"]),
+    "bernoulli": lambda: (BernoulliGate(), _x(), "cut", "bernoulli", ["gate.bias", "gate.weight"]),
+    "poisson": lambda: (PoissonCounts(), _x(), "cut", "poisson", ["rate.bias", "rate.weight"]),
+    "categorical": lambda: (CategoricalCode(), _x(), "cut", "multinomial", ["router.bias", "router.weight"]),
+    "one_hot_categorical": lambda: (OneHotCategoricalCode(), _x(), "cut", "multinomial",
+                                    ["router.bias", "router.weight"]),
+    "normal_unit_scale": lambda: (NormalUnitScale(), _x(), "cut", "no_grad", _ENC),
 }
 
 
