@@ -28,7 +28,8 @@ def toy_pipeline(seed=0):
 
 
 SETTINGS = RegimeTraining(stage_epochs={"features": 2, "classifier": 2}, finetune_epochs=2, finetune_lr=1e-3,
-                          fit=dict(loss="cross_entropy", metrics=["accuracy"], lr=1e-2, batch_size=32))
+                          fit=dict(loss="cross_entropy", metrics=["accuracy"], lr=1e-2, batch_size=32,
+                                   device="cpu"))  # bit-exact comparisons against CPU copies
 
 
 def state(module):

@@ -20,13 +20,7 @@ from endtoend.train.flow import curriculum_competence
 QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  # exact comparisons: CPU
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_no_report(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr("endtoend.report.write_run_report", lambda folder: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_and_no_report")  # tests/train/conftest.py
 
 
 def toy(n=64, seed=0):

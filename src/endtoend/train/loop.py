@@ -354,7 +354,10 @@ def fit(
                 objective.renormalize_()  # GradNorm keeps its weights summing to the number of terms
 
             recent_losses.append(loss_value.detach())
-            if state.step % log_every == 0 or state.batch_in_epoch == per_epoch:
+            # Reading the loss is a device sync: do it only when someone looks (logs, the bar)
+            # and at the end of the epoch, so a GPU's queue is not drained every few steps.
+            watched = writer.enabled or bar.enabled
+            if (watched and state.step % log_every == 0) or state.batch_in_epoch == per_epoch:
                 count = len(recent_losses)
                 mean_loss = torch.stack(recent_losses).double().sum().item() / count
                 state.epoch_loss_sum += mean_loss * count
