@@ -45,36 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     verbs.add_parser("recipes", help="list the recipes, one line each")
 
-    train = verbs.add_parser("train", help="train a recipe's end-to-end model into a run directory")
-    train.add_argument("recipe", help="recipe name (see `e2e recipes`)")
-    train.add_argument("--out", type=Path, help="run directory (default runs/RECIPE-TIMESTAMP)")
+    def recipe_verb(name: str, summary: str, out_default: str, recipe: bool = True, small: bool = True,
+                    progress: bool = True) -> argparse.ArgumentParser:
+        """A verb that runs a recipe: the arguments every such verb shares."""
+        verb = verbs.add_parser(name, help=summary)
+        if recipe:
+            verb.add_argument("recipe", help="recipe name (see `e2e recipes`)")
+        verb.add_argument("--out", type=Path, help=f"output folder (default {out_default})")
+        verb.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+        if small:
+            verb.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
+        if progress:
+            verb.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return verb
+
+    train = recipe_verb("train", "train a recipe's end-to-end model into a run directory", "runs/RECIPE-TIMESTAMP")
     train.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's); may be raised on --resume")
-    train.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
                        help="also checkpoint every STEPS steps (always at each epoch end)")
-    train.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    compare = verbs.add_parser("compare", help="train the staged pipelines and the end-to-end model; compare")
-    compare.add_argument("recipe", help="recipe name (see `e2e recipes`)")
-    compare.add_argument("--out", type=Path, help="output folder (default runs/RECIPE-TIMESTAMP)")
-    compare.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    compare.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
+    compare = recipe_verb("compare", "train the staged pipelines and the end-to-end model; compare",
+                          "runs/RECIPE-TIMESTAMP")
     compare.add_argument("--regimes", metavar="LIST",
                          help="also train the recipe's pipeline under these regimes, e.g. staged,staged+joint,joint")
-    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    demo = verbs.add_parser("demo", help="e2e compare mnist5k: HOG pipelines vs a CNN from pixels")
-    demo.add_argument("--out", type=Path, help="output folder (default runs/mnist5k-TIMESTAMP)")
-    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    lr_find = verbs.add_parser("lr-find", help="learning-rate finder: exponential sweep, plot, suggested value")
-    lr_find.add_argument("recipe", help="recipe name (see `e2e recipes`)")
-    lr_find.add_argument("--out", type=Path, help="output folder (default runs/RECIPE-lr-find-TIMESTAMP)")
-    lr_find.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    lr_find.add_argument("--small", action="store_true", help="a tiny configuration, for smoke tests")
+    recipe_verb("demo", "e2e compare mnist5k: HOG pipelines vs a CNN from pixels", "runs/mnist5k-TIMESTAMP",
+                recipe=False, small=False)
+    recipe_verb("lr-find", "learning-rate finder: exponential sweep, plot, suggested value",
+                "runs/RECIPE-lr-find-TIMESTAMP", progress=False)
 
     audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY)")
     audit.add_argument("target", metavar="PATH.py:FACTORY",
