@@ -225,13 +225,18 @@ def fit(
     writer.write_json("config.json", resolved)
 
     def snapshot() -> dict[str, Any]:
-        """Everything a rollback or a checkpoint needs, copied off the live objects."""
-        return {"state": dataclasses.replace(state, history=list(state.history), seconds=state.seconds
-                                             + time.time() - started), "rng": capture_rng(),
-                "model": {k: v.detach().clone() for k, v in network.state_dict().items()},
-                "optimizer": copy.deepcopy(opt.state_dict()),
-                "ema": {k: v.clone() for k, v in averaged.state_dict().items()} if averaged else None,
-                "objective": copy.deepcopy(objective.state_dict()) if objective is not None else None}
+        """Everything a rollback or a checkpoint needs, copied off the live objects.
+
+        The tensors (for a rollback) are kept only when the guard can roll back, and on the
+        host, so the last good state does not cost a second copy of the model in GPU memory.
+        """
+        snap = {"state": dataclasses.replace(state, history=list(state.history), seconds=state.seconds
+                                             + time.time() - started), "rng": capture_rng()}
+        if guard:
+            snap.update(model=_host_copy(network.state_dict()), optimizer=_host_copy(opt.state_dict()),
+                        ema=_host_copy(averaged.state_dict()) if averaged else None,
+                        objective=_host_copy(objective.state_dict()) if objective is not None else None)
+        return snap
 
     def save(is_best: bool) -> dict[str, Any] | None:
         """Checkpoint now; returns the snapshot (the new rollback point) or None if refused."""
@@ -435,6 +440,17 @@ def fit(
 
 
 # --- pieces of the loop that would hide its shape if inlined -------------------------------
+
+def _host_copy(tree: Any) -> Any:
+    """A deep copy of a (nested) state dict with every tensor copied to the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host_copy(v) for v in tree)
+    return copy.deepcopy(tree)
+
 
 def _restore(saved: dict[str, Any], model_tensors, optimizer_tensors, network, opt, averaged, objective,
              dev) -> TrainState:
