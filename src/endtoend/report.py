@@ -113,8 +113,9 @@ def write_comparison_report(folder: Path, comparison: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
     colors = ["#4c72b0" if r["kind"] == "end-to-end" else "#aaaaaa" for r in rows]
     ax.barh([r["pipeline"] for r in rows], [r["value"] for r in rows], color=colors)
-    low = min(r["value"] for r in rows)
-    ax.set_xlim(max(0.0, low - 0.05), max(r["value"] for r in rows) + 0.01)
+    low, high = min(r["value"] for r in rows), max(r["value"] for r in rows)
+    left = max(0.0, low - 0.05)
+    ax.set_xlim(left, high + 0.15 * (high - left))  # room for the value labels
     for i, r in enumerate(rows):
         ax.text(r["value"], i, f" {r['value']:.4f}", va="center")
     ax.set_xlabel(f"test {comparison['metric']}")
