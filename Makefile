@@ -27,8 +27,9 @@ demo: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
+# `make bench QUICK=1` runs every benchmark in its short form.
 bench: $(VENV)/.installed-bench
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -93,7 +93,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: less noise)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="3 repeats (for `make bench QUICK=1`)")
     args, _ = parser.parse_known_args()  # run_all.py passes its own arguments to every benchmark
+    if args.quick:
+        args.repeats = 3
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
