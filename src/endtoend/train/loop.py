@@ -148,7 +148,7 @@ def fit(
 
     rank, world_size = distributed_rank()
     is_main = rank == 0
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     loss_fn = resolve_loss(loss)
     # An Objective (named terms, learned weighting) trains alongside the model: its weights
     # join the optimizer, its terms are logged, and its state is checkpointed.
@@ -178,7 +178,7 @@ def fit(
     if activation_checkpointing:
         checkpoint_blocks(model)
 
-    opt = _build_optimizer(optimizer, network, lr, weight_decay,
+    opt = build_optimizer(optimizer, network, lr, weight_decay,
                            list(objective.parameters()) if objective is not None else [])
     peak_lrs = [group["lr"] for group in opt.param_groups]
     autocast_dtype = _autocast_dtype(precision, dev)
@@ -557,7 +557,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" is CUDA when present, else the CPU; an explicit device must exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -569,8 +570,10 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _build_optimizer(optimizer: Any, network: nn.Module, lr: float | None, weight_decay: float,
-                     objective_params: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
+def build_optimizer(optimizer: Any, network: nn.Module, lr: float | None, weight_decay: float,
+                    objective_params: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The optimizer `fit` (and `lr_find`) use: a name, a callable `params -> Optimizer`, or an
+    Optimizer instance; an Objective's weights get their own group without weight decay."""
     params = [p for p in network.parameters() if p.requires_grad]
     if not params:
         raise UsageError("the model has no trainable parameters (all have requires_grad=False)")

@@ -24,7 +24,7 @@ from torch import nn
 from endtoend.errors import UsageError
 from endtoend.train.data import as_data, train_batches
 from endtoend.train.evaluate import resolve_loss
-from endtoend.train.loop import _build_optimizer, _resolve_device
+from endtoend.train.loop import build_optimizer, resolve_device
 from endtoend.train.rng import capture_rng, restore_rng, seed_everything
 
 DIVERGED_FACTOR = 4.0   # stop once the smoothed loss exceeds this times its best value
@@ -64,7 +64,7 @@ def lr_find(model: nn.Module, train: Any, *, loss: str | Callable = "cross_entro
     smoothing = max(0.0, 1 - 10 / steps) if smoothing is None else smoothing
     if not 0 <= smoothing < 1:
         raise UsageError(f"smoothing is the EMA decay of the loss and must be in [0, 1), got {smoothing!r}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     loss_fn = resolve_loss(loss)
     data = as_data(train, "train", dev)
     if data is None:
@@ -91,7 +91,7 @@ def _sweep(model, data, loss_fn, transforms, optimizer, weight_decay, start_lr, 
     network = nn.Sequential(OrderedDict(transforms=copy.deepcopy(transforms), model=trained)) \
         if transforms is not None else trained
     network.to(dev).train()
-    opt = _build_optimizer(optimizer, network, start_lr, weight_decay)
+    opt = build_optimizer(optimizer, network, start_lr, weight_decay)
     growth = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, raw, smoothed = [], [], []
     average, best = 0.0, math.inf
