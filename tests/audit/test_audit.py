@@ -292,18 +292,7 @@ def test_audit_command_exit_codes(capsys):
 THIS = sys.modules[__name__]
 
 
-class Front(nn.Module):
-    """front -> cut -> back: the cut decides whether `front` learns."""
-
-    def __init__(self, cut):
-        super().__init__()
-        torch.manual_seed(0)
-        self.front = nn.Linear(4, 6)
-        self.back = nn.Linear(6, 1)
-        self.cut = cut
-
-    def forward(self, x):
-        return self.back(self.cut(self.front(x)))
+Front = zoo_broken.Front
 
 
 FRONT = ["front.bias", "front.weight"]

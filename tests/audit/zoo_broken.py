@@ -341,6 +341,21 @@ class NormalUnitScale(nn.Module):
         return self.dec(z)
 
 
+class Front(nn.Module):
+    """A harness, not a case: front -> cut -> back, so `cut` alone decides whether `front` learns.
+    Shared by tests/audit/test_audit.py and tests/relax/test_registry.py."""
+
+    def __init__(self, cut):
+        super().__init__()
+        torch.manual_seed(0)
+        self.front = nn.Linear(4, 6)
+        self.back = nn.Linear(6, 1)
+        self.cut = cut
+
+    def forward(self, x):
+        return self.back(self.cut(self.front(x)))
+
+
 _ENC = ["enc.bias", "enc.weight"]
 CASES = {
     "argmax": lambda: (ArgmaxRouter(), _x(), "cut", "Tensor.argmax", ["router.bias", "router.weight"]),
