@@ -240,6 +240,8 @@ def fit(
 
     def save(is_best: bool) -> dict[str, Any] | None:
         """Checkpoint now; returns the snapshot (the new rollback point) or None if refused."""
+        if (folder is None or not is_main) and not guard:
+            return None  # nothing to write and nothing to roll back to: skip the scan and copies
         # Everything the checkpoint holds, not only the weights: Adam's second moment can
         # overflow to Inf from a huge but finite gradient while the weights stay finite.
         bad = first_non_finite({"model": network.state_dict(), "optimizer": opt.state_dict()["state"],
