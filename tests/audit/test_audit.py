@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from endtoend.audit import AuditReport, audit, load_factory, run_audit_command
+from endtoend.audit import AuditReport, audit
+from endtoend.cli.audit import load_factory, run_audit_command
 from endtoend.errors import UsageError
 from endtoend.relax import fix_for
 

@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name:10s} {get_recipe(name).DESCRIPTION}")
         return 0
     if args.verb == "audit":
-        from endtoend.audit import run_audit_command
+        from endtoend.cli.audit import run_audit_command
 
         return run_audit_command(args.target, as_json=args.json)
 

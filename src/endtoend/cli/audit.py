@@ -1,0 +1,105 @@
+"""`e2e audit PATH.py:FACTORY`: load the user's factory by path, audit it, print the report."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import sys
+
+from torch import nn
+
+from endtoend.audit import audit
+from endtoend.errors import UsageError
+
+
+def load_factory(spec: str) -> tuple:
+    """Import `PATH.py:FACTORY` by path, call FACTORY() and return what it returned:
+    `(model, inputs)` or `(model, inputs, loss_fn, targets)`. Raises UsageError (one line)
+    for a bad spec, a missing file, a failed import, a missing or failing factory, or a
+    return value of the wrong shape."""
+    path, colon, name = spec.rpartition(":")
+    if not colon or not path or not name:
+        raise UsageError(f"audit: expected PATH.py:FACTORY, got {spec!r}")
+    if not os.path.isfile(path):
+        raise UsageError(f"audit: no such file: {path}")
+    module_name = "_endtoend_audit_" + re.sub(r"\W", "_", os.path.abspath(path))
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"{path} is not a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # let it import its siblings
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    except Exception as error:
+        raise UsageError(f"audit: could not import {path}: {_one_line(error)}") from error
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UsageError(f"audit: {path} has no function {name!r}")
+    try:
+        made = factory()
+    except Exception as error:
+        raise UsageError(f"audit: {name}() raised {_one_line(error)}") from error
+    if not (isinstance(made, tuple) and len(made) in (2, 4) and isinstance(made[0], nn.Module)):
+        raise UsageError(
+            f"audit: {name}() must return (model, inputs) or (model, inputs, loss_fn, targets) "
+            f"with model an nn.Module, got {type(made).__name__}"
+        )
+    return made
+
+
+def run_audit_command(spec: str, as_json: bool = False, console=None) -> int:
+    """`e2e audit PATH.py:FACTORY [--json]`: print the report; 0 when ok, 1 when not.
+    Bad input raises UsageError, which the CLI prints as one line with exit code 2."""
+    made = load_factory(spec)
+    model, inputs = made[0], made[1]
+    loss_fn, targets = (made[2], made[3]) if len(made) == 4 else (None, None)
+    try:
+        report = audit(model, inputs, loss_fn=loss_fn, targets=targets)
+    except UsageError:
+        raise
+    except Exception as error:
+        raise UsageError(f"audit: the model's forward or loss raised {_one_line(error)}") from error
+    try:
+        if as_json:
+            print(report.to_json())
+        else:
+            report.render(console or _pipe_safe_console())
+        if console is None:
+            sys.stdout.flush()  # a pipe's buffer: a closed reader shows here, not at exit
+    except BrokenPipeError:
+        # `e2e audit ... | head`: the reader has gone; stop writing, quietly.
+        if console is None or getattr(console, "file", None) is sys.stdout:
+            _stdout_to_devnull()
+    return 0 if report.ok else 1
+
+
+def _pipe_safe_console():
+    """A rich Console on stdout whose closed pipe silences it: rich's own handler exits with
+    code 1, which would hide the audit's exit code."""
+    from rich.console import Console
+
+    class PipeSafeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            _stdout_to_devnull()
+
+    return PipeSafeConsole()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null so that the interpreter's flush at exit does not raise
+    BrokenPipeError again (the recipe of Python's signal documentation)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _one_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
