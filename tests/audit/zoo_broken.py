@@ -401,3 +401,35 @@ def make_raising():
 def make_wrong_shape():
     return NumpyTrip()
 
+
+
+class ForgetsToReturn(nn.Module):
+    """A forward without `return`: bad input to the audit (a UsageError), not a cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(D, 2)
+
+    def forward(self, x):
+        self.layer(x)
+
+
+def make_returns_none():
+    return ForgetsToReturn(), _x()
+
+
+class RaisesInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(D, 2)
+
+    def forward(self, x):
+        raise ValueError("my forward is broken")  # RAISE forward
+
+
+def make_raising_forward():
+    return RaisesInForward(), _x()
+
+
+def make_unknown_loss():
+    return nn.Linear(D, 2), _x(), "crossentropy", torch.zeros(8, dtype=torch.long)

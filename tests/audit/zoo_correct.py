@@ -259,3 +259,9 @@ def make_vae():
     """A factory for `e2e audit tests/audit/zoo_correct.py:make_vae`."""
     torch.manual_seed(0)
     return VAE(), _x(6, D)
+
+
+def make_named_loss():
+    """A factory whose loss is a name, as `fit` accepts it."""
+    torch.manual_seed(0)
+    return nn.Linear(D, 3), _x(6, D), "cross_entropy", torch.tensor([0, 1, 2, 0, 1, 2])

@@ -16,9 +16,10 @@ from endtoend.errors import UsageError
 
 def load_factory(spec: str) -> tuple:
     """Import `PATH.py:FACTORY` by path, call FACTORY() and return what it returned:
-    `(model, inputs)` or `(model, inputs, loss_fn, targets)`. Raises UsageError (one line)
-    for a bad spec, a missing file, a failed import, a missing or failing factory, or a
-    return value of the wrong shape."""
+    `(model, inputs)` or `(model, inputs, loss_fn, targets)`, where loss_fn may also be a
+    loss name that `fit` accepts ("cross_entropy"; the audit resolves it). Raises UsageError
+    (one line) for a bad spec, a missing file, a failed import, a missing or failing
+    factory, or a return value of the wrong shape."""
     path, colon, name = spec.rpartition(":")
     if not colon or not path or not name:
         raise UsageError(f"audit: expected PATH.py:FACTORY, got {spec!r}")
@@ -54,7 +55,8 @@ def load_factory(spec: str) -> tuple:
 
 def run_audit_command(spec: str, as_json: bool = False, console=None) -> int:
     """`e2e audit PATH.py:FACTORY [--json]`: print the report; 0 when ok, 1 when not.
-    Bad input raises UsageError, which the CLI prints as one line with exit code 2."""
+    Bad input raises UsageError, which the CLI prints as one line with exit code 2; so does an
+    exception from the model's forward or loss here (Python's `audit()` lets it through)."""
     made = load_factory(spec)
     model, inputs = made[0], made[1]
     loss_fn, targets = (made[2], made[3]) if len(made) == 4 else (None, None)
