@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import endtoend
+from endtoend import Progressive
 from endtoend.train.memory import checkpoint_blocks
 from endtoend.train.stability import all_finite, clip_gradients
 
@@ -324,8 +325,8 @@ def checkpointing_table(dev: torch.device, steps: int, threads: int) -> list[lis
 FIT_CONFIGS = {
     "baseline (guard off, no clip, no monitor)": {},
     "guard=True": {"guard": True},
-    "clip_norm=1.0": {"clip_norm": 1.0},
-    "guard=True + clip_norm=1.0": {"guard": True, "clip_norm": 1.0},
+    "clip=1.0": {"clip": 1.0},
+    "guard=True + clip=1.0": {"guard": True, "clip": 1.0},
     "layer_norms_every=1": {"layer_norms_every": 1},
     "ema=0.999": {"ema": 0.999},
 }
@@ -454,8 +455,8 @@ def flow_table(seeds: list[int], epochs: int) -> list[list]:
     configs = {
         f"3,500 rows, {epochs} epochs": (splits.train, dict(epochs=epochs)),
         f"  + curriculum (ramp {epochs // 2} epochs)": (splits.train, dict(epochs=epochs, curriculum=difficulty)),
-        f"  + resolution_schedule {{0: 14, {epochs // 2}: 28}}":
-            (splits.train, dict(epochs=epochs, resolution_schedule={0: 14, epochs // 2: 28})),
+        f"  + Progressive(resolution={{0: 14, {epochs // 2}: 28}})":
+            (splits.train, dict(epochs=epochs, progressive=Progressive(resolution={0: 14, epochs // 2: 28}))),
         "500 rows, 30 epochs, constant lr": (small, dict(epochs=30, schedule="constant")),
         "  + early_stopping=3": (small, dict(epochs=30, schedule="constant", early_stopping=3)),
     }
@@ -474,7 +475,7 @@ def flow_table(seeds: list[int], epochs: int) -> list[list]:
     test_x, test_y = splits.test
     test_new = (test_x[test_y >= 5], test_y[test_y >= 5] - 5)
     for name, schedule in (("fine-tune 0-4 -> 5-9 (500 rows): all layers from epoch 0", None),
-                           ("  + unfreeze_schedule {0: head, 2: all}", {0: ["8."], 2: [""]})):
+                           ("  + Progressive(unfreeze={0: head, 2: all})", {0: ["8."], 2: [""]})):
         accuracy, seconds = [], []
         for seed in seeds:
             torch.manual_seed(seed)
@@ -486,7 +487,7 @@ def flow_table(seeds: list[int], epochs: int) -> list[list]:
             picked = new[torch.randperm(len(new), generator=torch.Generator().manual_seed(seed))[:500]]
             run = endtoend.fit(model, (x[picked], y[picked] - 5), test=test_new, metrics=["accuracy"], epochs=epochs,
                                lr=3e-3, batch_size=32, progress=False, audit="off", device="cpu", seed=seed,
-                               unfreeze_schedule=schedule)
+                               progressive=Progressive(unfreeze=schedule))
             accuracy.append(run.metrics["test_accuracy"])
             seconds.append(run.seconds)
         rows.append([name, mean_std(accuracy), f"{epochs}", f"{statistics.mean(seconds):.1f} s"])

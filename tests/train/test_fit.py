@@ -53,8 +53,8 @@ def test_transforms_run_on_training_batches_only():
 
     x, y = toy(64)
     endtoend.fit(mlp(), (x, y), val=(x, y), transforms=Record(), epochs=1, batch_size=16, progress=False, audit="off")
-    # 1 shape check (eval) + 4 training batches (train) + validation batches (eval)
-    assert seen.count(True) == 4 and seen[1:5] == [True] * 4
+    # 2 shape checks, train and val (eval) + 4 training batches (train) + validation batches (eval)
+    assert seen.count(True) == 4 and seen[:2] == [False, False] and seen[2:6] == [True] * 4
 
 
 def test_run_directory_holds_every_artifact(tmp_path):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import endtoend
+from endtoend import Curriculum, Progressive
 from endtoend.train.flow import curriculum_competence
 
 QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  # exact comparisons: CPU
@@ -107,7 +108,7 @@ def test_curriculum_draws_only_the_easiest_rows_then_widens_to_all():
     difficulty = torch.rand(64, generator=torch.Generator().manual_seed(3))
     easiest_first = torch.argsort(difficulty).tolist()
     model = Recorder(mlp())
-    run = endtoend.fit(model, (x, y), epochs=3, curriculum=difficulty, curriculum_epochs=2, **QUIET)
+    run = endtoend.fit(model, (x, y), epochs=3, curriculum=Curriculum(difficulty, epochs=2), **QUIET)
     assert run.steps == 12  # an epoch keeps its number of steps: the pool is repeated
     rows = [batch[:, 5].long().tolist() for batch in model.inputs]
     for epoch in range(3):
@@ -141,7 +142,7 @@ def images(n=32, seed=0):
 def test_resolution_schedule_trains_small_first_and_evaluates_at_full_size():
     x, y = images()
     model = Recorder(small_cnn())
-    endtoend.fit(model, (x, y), val=(x, y), epochs=3, resolution_schedule={0: 14, 2: 28}, **QUIET)
+    endtoend.fit(model, (x, y), val=(x, y), epochs=3, progressive=Progressive(resolution={0: 14, 2: 28}), **QUIET)
     shapes = [tuple(batch.shape[-2:]) for batch in model.inputs]  # 2 steps an epoch
     assert shapes == [(14, 14)] * 4 + [(28, 28)] * 2
     assert set(model.eval_shapes) == {(28, 28)}  # validation and the final metrics: full size
@@ -154,7 +155,7 @@ def test_unfreeze_schedule_trains_only_the_listed_prefixes_from_their_epoch():
     inner[0].requires_grad_(False)  # frozen by the user beforehand: the schedule still unfreezes it
     model = Recorder(inner)
     endtoend.fit(model, toy(), epochs=3, lr=1e-2, weight_decay=0.1,
-                 unfreeze_schedule={0: ["inner.4."], 1: ["inner.2."], 2: ["inner.0."]}, **QUIET)
+                 progressive=Progressive(unfreeze={0: ["inner.4."], 1: ["inner.2."], 2: ["inner.0."]}), **QUIET)
     start = [model.weights[0], model.weights[4], model.weights[8], model.inner.state_dict()]
     head, middle, first = {"4.weight", "4.bias"}, {"2.weight", "2.bias"}, {"0.weight", "0.bias"}
     assert changed(start[0], start[1]) == head  # weight decay would move a frozen weight that still had a grad
@@ -168,8 +169,8 @@ def test_unfreeze_schedule_trains_only_the_listed_prefixes_from_their_epoch():
 def test_resume_mid_epoch_sees_the_same_curriculum_resolution_and_trainable_set(tmp_path):
     x, y = images()
     difficulty = torch.rand(32, generator=torch.Generator().manual_seed(1))
-    settings = dict(epochs=3, curriculum=difficulty, curriculum_epochs=2, resolution_schedule={0: 14, 2: 28},
-                    unfreeze_schedule={0: ["6."], 1: [""]}, checkpoint_every=3, lr=1e-2, **QUIET)
+    settings = dict(epochs=3, curriculum=Curriculum(difficulty, epochs=2),
+                    progressive=Progressive(resolution={0: 14, 2: 28}, unfreeze={0: ["6."], 1: [""]}), checkpoint_every=3, lr=1e-2, **QUIET)
     whole = endtoend.fit(small_cnn(), (x, y), out=tmp_path / "whole", **settings)
     # as if killed after step 3 (the middle of epoch 2): resume from there
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import endtoend
+from endtoend import Clipping, Guard
 from endtoend.errors import UsageError
 from endtoend.train.stability import WeightEMA
 
@@ -168,7 +169,7 @@ def test_consecutive_nan_steps_roll_back_to_the_exact_last_checkpoint_with_a_low
         return opt["it"]
 
     run = endtoend.fit(model, toy(), loss=loss, optimizer=optimizer, epochs=3, out=tmp_path / "run", log_every=1,
-                       bad_steps_before_rollback=3, rollback_lr_factor=0.5, **QUIET)
+                       guard=Guard(bad_steps_before_rollback=3, rollback_lr_factor=0.5), **QUIET)
     # epoch 1: step 5 trains, 6-8 are NaN -> back to the epoch-0 checkpoint (step 4), epoch 1 again
     assert run.skipped_steps == 3 and run.rollbacks == 1 and run.steps == 12 and len(model.weights) == 16
     last_good = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000004" / "model.safetensors"))
@@ -187,7 +188,7 @@ def test_consecutive_nan_steps_roll_back_to_the_exact_last_checkpoint_with_a_low
 def test_persistent_nan_steps_stop_with_a_usage_error_after_max_rollbacks():
     loss = NaNLossAt(lambda call: call >= 3)
     with pytest.raises(UsageError, match="diverged: 2 rollbacks"):
-        endtoend.fit(Recorder(), toy(), loss=loss, epochs=2, bad_steps_before_rollback=2, max_rollbacks=2, **QUIET)
+        endtoend.fit(Recorder(), toy(), loss=loss, epochs=2, guard=Guard(bad_steps_before_rollback=2, max_rollbacks=2), **QUIET)
     # 2 good steps, then 2 NaN steps three times: two rollbacks to the start, the third is refused
     assert loss.calls == 8
 
@@ -196,7 +197,7 @@ def test_persistent_nan_steps_stop_with_a_usage_error_after_max_rollbacks():
 
 def test_clip_norm_bounds_what_the_optimizer_sees_and_logs_the_norm_before_clipping(tmp_path):
     model, opt = Recorder(), {}
-    run = endtoend.fit(model, toy(), loss="cross_entropy", epochs=1, clip_norm=0.05, log_every=1,
+    run = endtoend.fit(model, toy(), loss="cross_entropy", epochs=1, clip=0.05, log_every=1,
                        optimizer=lambda params: opt.setdefault("it", RecordingAdamW(params, lr=1e-2)),
                        out=tmp_path / "run", **QUIET)
     logged = {r["step"]: r["value"] for r in metrics(tmp_path / "run") if r["name"] == "grad_norm_before_clip"}
@@ -212,15 +213,15 @@ def test_clip_norm_bounds_what_the_optimizer_sees_and_logs_the_norm_before_clipp
 
 
 def test_clip_value_bounds_each_element_and_agc_bounds_each_unit(tmp_path):
-    for kind, limit in (("clip_value", 0.02), ("agc", 0.01)):
+    for kind, limit in (("value", 0.02), ("agc", 0.01)):
         model, opt = Recorder(), {}
-        endtoend.fit(model, toy(), loss="cross_entropy", epochs=1, **{kind: limit},
+        endtoend.fit(model, toy(), loss="cross_entropy", epochs=1, clip=Clipping(**{kind: limit}),
                      optimizer=lambda params: opt.setdefault("it", RecordingAdamW(params, lr=1e-2)), **QUIET)
         names = [n for n, _ in model.named_parameters()]
         exceeded = False
         for before, seen in zip(model.gradients, opt["it"].seen):
             for name, (weight, gradient) in zip(names, seen):
-                if kind == "clip_value":
+                if kind == "value":
                     exceeded |= bool(before[name].abs().max() > limit)
                     assert torch.equal(gradient, before[name].clamp(-limit, limit))
                 else:  # AGC: ||G_unit|| / max(||W_unit||, 1e-3) <= agc, a unit being an output row
@@ -328,7 +329,7 @@ def test_on_cuda_auto_is_bf16_and_fp16_scales_the_loss_and_survives_a_skipped_st
 
     # fp16: a GradScaler scales the loss; a NaN step must be skipped without upsetting it
     model = Recorder()
-    run = endtoend.fit(model, toy(), loss=NaNLossAt({3}), precision="fp16", epochs=3, lr=1e-2, clip_norm=1.0,
+    run = endtoend.fit(model, toy(), loss=NaNLossAt({3}), precision="fp16", epochs=3, lr=1e-2, clip=1.0,
                        **on_gpu)
     assert run.config["precision"] == "float16" and set(model.dtypes) == {torch.float16}
     assert run.skipped_steps == 1 and run.steps == 12
@@ -371,7 +372,7 @@ def test_activation_checkpointing_recomputes_blocks_and_gives_identical_weights(
 # --- exact resume with the stability features on ---------------------------------------------------
 
 def test_resume_is_exact_with_ema_guard_and_clipping_on(tmp_path):
-    settings = dict(loss="cross_entropy", epochs=3, ema=0.9, clip_norm=0.5, checkpoint_every=3, lr=1e-2, **QUIET)
+    settings = dict(loss="cross_entropy", epochs=3, ema=0.9, clip=0.5, checkpoint_every=3, lr=1e-2, **QUIET)
     uninterrupted = endtoend.fit(Recorder(), toy(), out=tmp_path / "whole", **settings)
     # As if killed just before the last checkpoint: resume from step 9, one batch into epoch 3.
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")

@@ -4,14 +4,20 @@ Layout of one checkpoint::
 
     checkpoints/step-00000420/
         model.safetensors       the model's state_dict
-        optimizer.safetensors   the optimizer's per-parameter tensors ("state.<index>.<key>")
-        state.json              step, epoch, RNG states, sampler position, history, the
-                                run's identity fields, and the sha256 of the other files
+        optimizer.safetensors   the optimizer's per-parameter tensors ("state.<index>.<key>"),
+                                plus the EMA and Objective tensors (see train/state.py)
+        state.json              step, epoch, RNG states, sampler position, history and the
+                                run's identity fields
+        manifest.json           the sha256 of each of the three files above, written last
 
 A checkpoint is written into a hidden temporary folder, every file is fsynced, then the
 folder is renamed into place (rename is atomic on POSIX), so a kill at any instant leaves
-the old checkpoint or the new one, never half of one. Loading reads safetensors and JSON
-only; a folder that holds a pickle file is refused and nothing in it is opened.
+the old checkpoint or the new one, never half of one. Every file is covered by the
+manifest, state.json included, so an edited or truncated file makes the checkpoint corrupt
+(and the previous one is used). A corrupt folder in the way of a new checkpoint is moved
+aside as `step-N.corrupt` (kept for inspection), never silently kept or deleted. Loading
+reads safetensors and JSON only; a folder that holds a pickle file is refused and nothing
+in it is opened.
 """
 
 from __future__ import annotations
@@ -33,12 +39,18 @@ from endtoend.errors import UsageError
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+CHECKSUMMED = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 _STEP_FOLDER = re.compile(r"^step-(\d{8})$")
 
 
 class CorruptCheckpoint(Exception):
-    """A checkpoint folder failed verification (missing file, bad checksum, unreadable)."""
+    """A checkpoint folder failed verification (missing file, bad checksum, ill-formed state)."""
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file exists but cannot be opened (permissions): not evidence of corruption."""
 
 
 @dataclass
@@ -95,7 +107,12 @@ def save_checkpoint(
     optimizer_tensors: dict[str, torch.Tensor],
     state: dict[str, Any],
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically and return its folder."""
+    """Write checkpoint `step` under `root` atomically and return its folder.
+
+    When a folder for `step` already exists (the same step saved again after a rollback or a
+    resume), the new checkpoint replaces it; an old folder that fails verification is moved
+    aside as `step-N.corrupt` first, so it stays on disk for inspection.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_folder_name(step)
     tmp = root / f".tmp-{step_folder_name(step)}-{os.getpid()}"
@@ -104,19 +121,34 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(_cpu_copies(model_state), str(tmp / MODEL_FILE))
     save_file(_cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
-    state = dict(state, step=step, files={
-        name: sha256_file(tmp / name) for name in (MODEL_FILE, OPTIMIZER_FILE)
-    })
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+    (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=1))
+    (tmp / MANIFEST_FILE).write_text(json.dumps({name: sha256_file(tmp / name) for name in CHECKSUMMED}))
+    for name in (*CHECKSUMMED, MANIFEST_FILE):
         _fsync(tmp / name)
     _fsync(tmp)
-    if final.exists():  # the same step saved twice (e.g. end of epoch == checkpoint step)
-        shutil.rmtree(tmp)
-        return final
-    os.rename(tmp, final)
+    if final.exists():
+        try:
+            read_checkpoint(final)
+            aside = root / f".replaced-{final.name}-{os.getpid()}"   # intact: replaced, then removed
+        except (CorruptCheckpoint, UnreadableCheckpoint, UsageError):
+            aside = _free_name(root, f"{final.name}.corrupt")       # kept for inspection
+        os.rename(final, aside)
+        os.rename(tmp, final)
+        if aside.name.startswith(".replaced-"):
+            shutil.rmtree(aside)
+    else:
+        os.rename(tmp, final)
     _fsync(root)
     return final
+
+
+def _free_name(root: Path, name: str) -> Path:
+    """`root/name`, or `root/name-2`, `-3`, ... when taken."""
+    candidate, n = root / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{name}-{n}"
+    return candidate
 
 
 def refuse_pickles(folder: Path) -> None:
@@ -130,24 +162,33 @@ def refuse_pickles(folder: Path) -> None:
 
 
 def read_checkpoint(folder: Path) -> Checkpoint:
-    """Verify every checksum in `folder` and load it (safetensors and JSON only)."""
+    """Verify every file in `folder` against its manifest and load it (safetensors and JSON only).
+
+    Raises CorruptCheckpoint (missing or edited file, bad JSON, truncated tensors) or
+    UnreadableCheckpoint (a file that exists but cannot be opened, e.g. permissions).
+    """
     refuse_pickles(folder)
     try:
-        state = json.loads((folder / STATE_FILE).read_text())
-        for name, expected in state["files"].items():
-            if sha256_file(folder / name) != expected:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        if not isinstance(manifest, dict) or set(manifest) != set(CHECKSUMMED):
+            raise CorruptCheckpoint(f"{MANIFEST_FILE} does not list {', '.join(CHECKSUMMED)}")
+        for name in CHECKSUMMED:
+            if sha256_file(folder / name) != manifest[name]:
                 raise CorruptCheckpoint(f"{name} does not match its checksum")
+        state = json.loads((folder / STATE_FILE).read_text())
+        if not isinstance(state, dict):
+            raise CorruptCheckpoint(f"{STATE_FILE} does not hold an object")
         return Checkpoint(
             folder=folder,
             model=load_file(str(folder / MODEL_FILE)),
             optimizer=load_file(str(folder / OPTIMIZER_FILE)),
             state=state,
         )
-    except CorruptCheckpoint:
+    except (CorruptCheckpoint, UsageError):
         raise
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CorruptCheckpoint(f"{type(err).__name__}: {err}") from err
-    except Exception as err:  # safetensors raises its own error type on a truncated file
+    except PermissionError as err:
+        raise UnreadableCheckpoint(f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # OSError, bad JSON, and safetensors' own error type on a truncated file
         raise CorruptCheckpoint(f"{type(err).__name__}: {err}") from err
 
 
@@ -159,19 +200,27 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_FOLDER.match(p.name).group(1)))
 
 
-def load_latest_checkpoint(root: Path, warn: Callable[[str], None]) -> Checkpoint | None:
-    """The newest checkpoint whose checksums verify; older ones are tried in turn.
+def load_latest_checkpoint(root: Path, warn: Callable[[str], None],
+                           check: Callable[[Checkpoint], None] = lambda loaded: None) -> Checkpoint | None:
+    """The newest checkpoint that verifies (and passes `check`); older ones are tried in turn.
 
-    Each corrupt checkpoint skipped is reported through `warn` in one line naming it.
-    Returns None when `root` holds no checkpoint at all; raises UsageError when it holds
-    some but none is intact.
+    `check` raises CorruptCheckpoint for a checkpoint whose content is ill-formed (the
+    caller knows the state's fields). Each corrupt checkpoint skipped is reported through
+    `warn` in one line naming it; nothing is moved or deleted here (a failed resume must
+    leave every file as it was). Returns None when `root` holds no checkpoint at all; raises
+    UsageError when some exist but none is intact, or when one cannot be read at all.
     """
     folders = list_checkpoints(root)
     if not folders:
         return None
     for folder in reversed(folders):
         try:
-            return read_checkpoint(folder)
+            loaded = read_checkpoint(folder)
+            check(loaded)
+            return loaded
+        except UnreadableCheckpoint as err:
+            raise UsageError(f"checkpoint {folder} cannot be read ({err}); fix its permissions "
+                             "(e.g. chmod -R u+rw) and resume again (nothing was changed)") from None
         except CorruptCheckpoint as err:
             warn(f"checkpoint {folder} is corrupt ({err}); trying the previous one")
     raise UsageError(f"no intact checkpoint under {root}: every one failed its checksum; start a new run")

@@ -11,6 +11,7 @@ Two paths:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -61,9 +62,28 @@ def as_data(data: Any, split: str, device: torch.device) -> TensorData | Any:
     )
 
 
+def fingerprint(data: TensorData | Any) -> str | None:
+    """A cheap identity of a split for resume checks: shapes, dtypes and a hash of the content
+    (every byte up to 16 MB a tensor, else 1M evenly spaced elements). An iterable of
+    batches is identified by its type and length only (reading it would consume it)."""
+    if data is None:
+        return None
+    if not isinstance(data, TensorData):
+        return f"{type(data).__name__}(len={len(data) if hasattr(data, '__len__') else '?'})"
+    digest = hashlib.sha256()
+    described = []
+    for tensor in (data.inputs, data.targets):
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() * flat.element_size() > 16 << 20:
+            flat = flat[torch.linspace(0, flat.numel() - 1, 1 << 20, device=flat.device).long()]
+        digest.update(flat.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        described.append(f"{tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}")
+    return f"{' -> '.join(described)} sha256:{digest.hexdigest()[:16]}"
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The order of epoch `epoch`: a function of (seed, epoch) alone, never of global RNG."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64)  # any 64-bit seed
     return torch.randperm(n, generator=generator).to(device)
 
 

@@ -83,3 +83,25 @@ def check_unfreeze(model: nn.Module, schedule: dict[int, list[str]]) -> None:
             if not any(n.startswith(prefix) for n in names):
                 raise UsageError(f"unfreeze_schedule epoch {epoch}: no parameter name starts with {prefix!r}; "
                                  f"names look like {names[:3]}")
+
+
+def prepare(curriculum, progressive, train_data, model: nn.Module, epochs: int):
+    """Check the curriculum and progressive settings against the data and the model, before
+    training; returns (difficulty scores, curriculum ramp in epochs), both None without one."""
+    from endtoend.train.data import TensorData
+
+    difficulty = ramp = None
+    if curriculum is not None:
+        if not isinstance(train_data, TensorData):
+            raise UsageError("curriculum needs the tensor data path: pass train=(inputs, targets)")
+        difficulty = check_curriculum(curriculum.difficulty, len(train_data))
+        ramp = max(epochs // 2, 1) if curriculum.epochs is None else curriculum.epochs
+    if progressive.resolution and not (isinstance(train_data, TensorData) and train_data.inputs.dim() == 4):
+        shape = tuple(train_data.inputs.shape) if isinstance(train_data, TensorData) else "batches"
+        raise UsageError(f"Progressive(resolution=...) resizes image batches (N, C, H, W); the train inputs are {shape}")
+    if progressive.unfreeze:
+        check_unfreeze(model, progressive.unfreeze)
+        # Every parameter the schedule will ever unfreeze must be in the optimizer, even one
+        # the user froze beforehand; the loop then sets each epoch's trainable set.
+        apply_unfreeze(model, progressive.unfreeze, max(progressive.unfreeze))
+    return difficulty, ramp

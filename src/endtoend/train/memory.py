@@ -17,6 +17,8 @@ def checkpoint_blocks(model: nn.Module) -> list[str]:
     forward is wrapped in `torch.utils.checkpoint.checkpoint` (non-reentrant, RNG state
     preserved, so dropout masks match). Caveat shared with torch.utils.checkpoint: BatchNorm
     running statistics are updated again during the recomputation. Returns the names wrapped.
+    The wrapper is an instance attribute over the class's forward: `restore_blocks` removes
+    it (fit does so when it returns or fails), leaving the user's modules as they were.
     """
     containers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))]
     if not containers:
@@ -29,3 +31,10 @@ def checkpoint_blocks(model: nn.Module) -> list[str]:
             block._endtoend_checkpointed = True
             wrapped.append(f"{prefix}.{name}" if prefix else name)
     return wrapped
+
+
+def restore_blocks(model: nn.Module) -> None:
+    """Undo `checkpoint_blocks`: every block runs its own forward again."""
+    for module in model.modules():
+        if module.__dict__.pop("_endtoend_checkpointed", False):
+            module.__dict__.pop("forward", None)

@@ -31,16 +31,51 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def prepare_output_folder(out: Path, resume: bool) -> None:
-    """Refuse to write into an existing non-empty folder unless resuming."""
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+def check_output_folder(out: Path, resume: bool) -> None:
+    """Refuse, before anything is trained or written, an output path that cannot be used:
+    under a file, unwritable, an existing non-empty folder (unless resuming), or, when
+    resuming, a non-empty folder that is not a run directory."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        raise UsageError(
-            f"output folder {out} already exists and is not empty; pass --resume to continue "
-            "that run or choose another --out (nothing was overwritten)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"cannot create output folder {out}: {existing} is a file; choose another --out")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write output folder {out}: {existing} is not writable (permissions or a "
+                         "read-only filesystem); choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    is_run = any((out / name).exists() for name in RUN_FILES)
+    if not resume:
+        advice = " or pass --resume (resume=True) to continue that run" if (out / "checkpoints").exists() else ""
+        raise UsageError(f"output folder {out} already exists and is not empty; choose another --out{advice} "
+                         "(nothing was overwritten)")
+    if not is_run:
+        raise UsageError(f"cannot resume in {out}: it is not a run directory (no config.json, metrics.jsonl or "
+                         "checkpoints/); check the path or choose another --out (nothing was touched)")
+    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        raise UsageError(f"cannot resume in {out}: {out / 'checkpoints'} is a file, not the checkpoints folder; "
+                         "move it away (nothing was touched)")
+
+
+def create_output_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder {out}: {err.strerror or err}; choose another --out") from None
+
+
+def prepare_output_folder(out: Path, resume: bool) -> None:
+    """check_output_folder, then create it (for callers with nothing to check in between)."""
+    check_output_folder(out, resume)
+    create_output_folder(out)
 
 
 class RunWriter:

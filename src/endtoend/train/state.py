@@ -1,0 +1,251 @@
+"""Checkpoint state, one owner: what a checkpoint holds, saving it, resuming from it, rolling
+back to it, and the best weights.
+
+`fit` keeps its loop and its `TrainState`; everything that copies the live objects (the
+network, the optimizer, the EMA average, an Objective's learned weights) to disk or back goes
+through the `Checkpointer` here, so the tensor layout is known in one place:
+
+    model.safetensors      the network's state_dict (transforms included when present)
+    optimizer.safetensors  "state.<i>.<key>" optimizer tensors, "ema.<key>" the EMA average,
+                           "objective.<key>" the Objective's state
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from endtoend.errors import UsageError
+from endtoend.train import checkpoint as ckpt
+from endtoend.train.rng import capture_rng, restore_rng
+from endtoend.train.stability import WeightEMA, first_non_finite
+
+EMA_PREFIX = "ema."
+OBJECTIVE_PREFIX = "objective."
+
+
+@dataclass
+class TrainState:
+    """Where the run is. Saved in state.json, restored on resume and on rollback."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_value: float | None = None
+    best_step: int | None = None
+    epochs_without_improvement: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    epoch_start_rng: dict[str, Any] | None = None
+    lr_scale: float = 1.0          # lowered by each rollback
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainState:
+        """The state in a checkpoint's state.json; raises CorruptCheckpoint when a field is
+        missing or of the wrong type (an edited file must not resume half-right)."""
+        kinds = {"step": int, "epoch": int, "batch_in_epoch": int, "history": list, "best_value": (float, int, type(None)),
+                 "best_step": (int, type(None)), "epochs_without_improvement": int, "epoch_loss_sum": (float, int),
+                 "epoch_loss_count": int, "epoch_start_rng": (dict, type(None)), "lr_scale": (float, int),
+                 "skipped_steps": int, "rollbacks": int, "seconds": (float, int)}
+        for name, kind in kinds.items():
+            value = saved.get(name, _MISSING)
+            if value is _MISSING or isinstance(value, bool) or not isinstance(value, kind):
+                raise ckpt.CorruptCheckpoint(f"state.json field {name!r} is missing or ill-typed ({value!r})")
+            if kind is int and value < 0:
+                raise ckpt.CorruptCheckpoint(f"state.json field {name!r} is negative ({value!r})")
+        if not 0 < saved["lr_scale"] <= 1:
+            raise ckpt.CorruptCheckpoint(f"state.json field 'lr_scale' is out of (0, 1] ({saved['lr_scale']!r})")
+        for name in ("rng", "identity", "optimizer_groups"):
+            if not isinstance(saved.get(name), (dict, list)):
+                raise ckpt.CorruptCheckpoint(f"state.json field {name!r} is missing or ill-typed")
+        return cls(**{name: saved[name] for name in kinds})
+
+
+_MISSING = object()
+
+
+class Checkpointer:
+    """Saves, restores and rolls back the run's live objects; remembers the best weights.
+
+    `folder` None (or a non-main rank) writes nothing; `keep_rollback` keeps a host copy of
+    the last good state for the non-finite guard (only then: it costs a copy of the model).
+    """
+
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, averaged: WeightEMA | None,
+                 objective: nn.Module | None, folder: Path | None, identity: dict[str, Any], *,
+                 keep_rollback: bool, keep_last: int = 3, warn: Callable[[str], None] = print):
+        self.network, self.optimizer, self.averaged, self.objective = network, optimizer, averaged, objective
+        self.root = folder / "checkpoints" if folder is not None else None
+        self.identity = identity
+        self.keep_rollback, self.keep_last, self.warn = keep_rollback, keep_last, warn
+        self.rollback_point: dict[str, Any] | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # --- resume ------------------------------------------------------------------------------
+
+    def load_latest(self) -> ckpt.Checkpoint | None:
+        """The newest intact checkpoint, checked against this run's identity; None if none."""
+        if self.root is None:
+            return None
+        loaded = ckpt.load_latest_checkpoint(self.root, self.warn, check=lambda c: TrainState.from_saved(c.state))
+        if loaded is not None:
+            _check_identity(loaded.state["identity"], self.identity, loaded.folder)
+        return loaded
+
+    def restore(self, loaded: ckpt.Checkpoint, device: torch.device) -> TrainState:
+        """Load a checkpoint's tensors into the live objects and return its TrainState."""
+        self.network.load_state_dict({k: v.to(device) for k, v in loaded.model.items()})
+        optimizer_tensors, ema, objective = _unpack(loaded.optimizer, device)
+        ckpt.optimizer_from_tensors(self.optimizer, optimizer_tensors, loaded.state["optimizer_groups"])
+        if self.averaged is not None and ema:
+            self.averaged.load_state_dict(ema)
+        if self.objective is not None and objective:
+            self.objective.load_state_dict(objective)
+        restore_rng(loaded.state["rng"])
+        return TrainState.from_saved(loaded.state)
+
+    # --- save and roll back --------------------------------------------------------------------
+
+    def save(self, state: TrainState, seconds: float, monitor: str) -> bool:
+        """Checkpoint now (and make it the rollback point); False when refused as non-finite."""
+        if self.root is None and not self.keep_rollback:
+            return False  # nothing to write and nothing to roll back to: skip the scan and copies
+        # Everything the checkpoint holds, not only the weights: Adam's second moment can
+        # overflow to Inf from a huge but finite gradient while the weights stay finite.
+        bad = first_non_finite({"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                                "ema": self.averaged.state_dict() if self.averaged is not None else {}})
+        if bad is not None:
+            self.warn(f"not writing a checkpoint at step {state.step}: {bad} holds NaN/Inf")
+            return False
+        self.snapshot(state, seconds)
+        if self.root is None:
+            return True
+        optimizer_tensors, optimizer_groups = ckpt.optimizer_to_tensors(self.optimizer)
+        saved = dict(dataclasses.asdict(self.rollback_point["state"]), rng=self.rollback_point["rng"],
+                     identity=self.identity, optimizer_groups=optimizer_groups)
+        try:
+            ckpt.save_checkpoint(self.root, state.step, self.network.state_dict(),
+                                 optimizer_tensors | self._extra_tensors(), saved)
+            if state.best_step is not None:  # rewritten every time, so it never points at a stale step
+                _write_json(self.root / "best.json", {"step": state.best_step, monitor: state.best_value})
+            ckpt.prune_checkpoints(self.root, keep_last=self.keep_last,
+                                   keep={state.best_step} if state.best_step is not None else set())
+        except OSError as err:
+            shutil.rmtree(self.root / f".tmp-{ckpt.step_folder_name(state.step)}", ignore_errors=True)
+            raise UsageError(f"could not write the checkpoint of step {state.step} under {self.root} "
+                             f"({type(err).__name__}: {err}); free space or fix permissions, then resume "
+                             "(the previous checkpoint is intact)") from None
+        return True
+
+    def snapshot(self, state: TrainState, seconds: float) -> None:
+        """Remember the current state as the rollback point (tensors on the host, only when the
+        guard can roll back, so the last good state costs no second model in GPU memory)."""
+        point = {"state": dataclasses.replace(state, history=list(state.history), seconds=seconds), "rng": capture_rng()}
+        if self.keep_rollback:
+            point.update(model=_host_copy(self.network.state_dict()), optimizer=_host_copy(self.optimizer.state_dict()),
+                         extra=_host_copy(self._extra_tensors()))
+        self.rollback_point = point
+
+    def rollback(self, state: TrainState, lr_factor: float, max_rollbacks: int) -> TrainState:
+        """Return to the rollback point (the last good checkpoint) with a lower learning rate."""
+        if state.rollbacks >= max_rollbacks:
+            raise UsageError(f"training diverged: {max_rollbacks} rollbacks did not get past non-finite "
+                             "losses/gradients; lower lr, enable clip, or check the data")
+        point = self.rollback_point
+        self.network.load_state_dict(point["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(point["optimizer"]))
+        _, ema, objective = _unpack(point["extra"], None)
+        if self.averaged is not None:
+            self.averaged.load_state_dict(ema)
+        if self.objective is not None:
+            self.objective.load_state_dict(objective)
+        restore_rng(point["rng"])
+        restored = dataclasses.replace(point["state"], history=list(point["state"].history),
+                                       skipped_steps=state.skipped_steps, rollbacks=state.rollbacks + 1,
+                                       lr_scale=state.lr_scale * lr_factor)
+        self.warn(f"non-finite steps in a row: rolled back to step {restored.step} with learning rate "
+                  f"x{restored.lr_scale:g}")
+        return restored
+
+    # --- best and final weights ------------------------------------------------------------------
+
+    def remember_best(self) -> None:
+        """Keep a copy of the weights evaluation uses (the EMA ones when enabled)."""
+        with self.averaged.swapped(self.network) if self.averaged is not None else contextlib.nullcontext():
+            self.best_weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def load_best(self, step: int | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """The best weights: the in-memory copy, or (after a resume) the kept best checkpoint's.
+
+        With EMA the best was judged on the averaged weights, so those are the ones returned.
+        """
+        if self.best_weights is not None:
+            return self.best_weights
+        if self.root is None or step is None or not (self.root / ckpt.step_folder_name(step)).exists():
+            return None
+        saved = ckpt.read_checkpoint(self.root / ckpt.step_folder_name(step))
+        weights = dict(saved.model)
+        _, ema, _ = _unpack(saved.optimizer, None)
+        if self.averaged is not None:
+            for name in weights:
+                for key in (f"params.{name}", f"buffers.{name}"):
+                    if key in ema:
+                        weights[name] = ema[key]
+        return {k: v.to(device) for k, v in weights.items()}
+
+    def _extra_tensors(self) -> dict[str, torch.Tensor]:
+        extra = {}
+        if self.averaged is not None:
+            extra.update({EMA_PREFIX + k: v for k, v in self.averaged.state_dict().items()})
+        if self.objective is not None:
+            extra.update({OBJECTIVE_PREFIX + k: v for k, v in self.objective.state_dict().items()})
+        return extra
+
+
+def _unpack(tensors: dict[str, torch.Tensor], device: torch.device | None):
+    """Split optimizer.safetensors' tensors into (optimizer, EMA, Objective) state."""
+    def moved(v):
+        return v.to(device) if device is not None else v
+    ema = {k[len(EMA_PREFIX):]: moved(v) for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    objective = {k[len(OBJECTIVE_PREFIX):]: moved(v) for k, v in tensors.items() if k.startswith(OBJECTIVE_PREFIX)}
+    optimizer = {k: moved(v) for k, v in tensors.items() if not k.startswith((EMA_PREFIX, OBJECTIVE_PREFIX))}
+    return optimizer, ema, objective
+
+
+def _check_identity(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
+    for key in current:
+        if saved.get(key) != current[key]:
+            raise UsageError(
+                f"cannot resume from {folder}: {key} differs (checkpoint has {saved.get(key)!r}, "
+                f"this run has {current[key]!r}); resume with the same {key} or start a new --out"
+            )
+
+
+def _host_copy(tree: Any) -> Any:
+    """A deep copy of a (nested) state dict with every tensor copied to the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_host_copy(v) for v in tree)
+    return copy.deepcopy(tree)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
