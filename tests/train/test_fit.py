@@ -1,6 +1,8 @@
 """fit: the Keras-simple path, determinism, both data paths, transforms, run directory, errors."""
 
+import functools
 import json
+import re
 
 import pytest
 import torch
@@ -8,17 +10,11 @@ from torch import nn
 
 import endtoend
 from endtoend.errors import UsageError
+from toys import mlp, separable
 
 
-def toy(n=256, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    return x, (x[:, 0] - x[:, 1] > 0).long()
-
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 2))
+toy = separable
+mlp = functools.partial(mlp, 32)
 
 
 def test_one_line_fit_learns_a_separable_task():
@@ -135,3 +131,29 @@ def test_a_silently_broadcasting_target_shape_is_refused():
     model = nn.Linear(6, 1)
     with pytest.raises(UsageError, match=r"output shape \(2, 1\) does not fit target shape \(2,\)"):
         endtoend.fit(model, (x, torch.randn(32)), loss="mse", epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("name, value, home", [
+    ("clip_norm", 1.0, "clip="), ("agc", 0.01, "Clipping(agc="), ("max_rollbacks", 2, "Guard(max_rollbacks="),
+    ("unfreeze_schedule", {0: [""]}, "Progressive(unfreeze="), ("curriculum_epochs", 2, "Curriculum(difficulty, epochs="),
+])
+def test_an_argument_that_moved_into_a_settings_group_names_its_new_home(name, value, home):
+    with pytest.raises(UsageError, match=re.escape(f"no longer takes {name}=: pass") + ".*" + re.escape(home)):
+        endtoend.fit(mlp(), toy(32), epochs=1, progress=False, **{name: value})
+
+
+def test_a_mistyped_argument_suggests_the_closest_one():
+    with pytest.raises(UsageError, match="unknown argument 'epoch'; did you mean 'epochs'"):
+        endtoend.fit(mlp(), toy(32), epoch=1)
+
+
+def test_grouped_settings_check_themselves_and_are_recorded_in_config_json(tmp_path):
+    with pytest.raises(UsageError, match="Guard.rollback_lr_factor must be in \\(0, 1\\]"):
+        endtoend.Guard(rollback_lr_factor=2)
+    with pytest.raises(UsageError, match="Clipping.value"):
+        endtoend.Clipping(value=0)
+    endtoend.fit(mlp(), toy(32), epochs=1, batch_size=16, progress=False, audit="off", out=tmp_path,
+                 clip=endtoend.Clipping(norm=1.0, agc=0.01), guard=endtoend.Guard(max_rollbacks=1))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["clip"] == {"norm": 1.0, "value": None, "agc": 0.01}
+    assert config["guard"] == {"bad_steps_before_rollback": 3, "rollback_lr_factor": 0.5, "max_rollbacks": 1}

@@ -5,6 +5,7 @@ trainable set on schedule, and a resumed run sees the same flow as an uninterrup
 Tiny models on one thread; report.html is not drawn.
 """
 
+import functools
 import json
 import math
 import shutil
@@ -17,6 +18,7 @@ from torch import nn
 import endtoend
 from endtoend import Curriculum, Progressive
 from endtoend.train.flow import curriculum_competence
+from toys import mlp, separable
 
 QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  # exact comparisons: CPU
 
@@ -24,15 +26,8 @@ QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  
 pytestmark = pytest.mark.usefixtures("one_thread_and_no_report")  # tests/train/conftest.py
 
 
-def toy(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    return x, (x[:, 0] - x[:, 1] > 0).long()
-
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+toy = functools.partial(separable, 64)
+mlp = functools.partial(mlp, 16, 16)
 
 
 class Recorder(nn.Module):

@@ -5,6 +5,7 @@ Tiny models (64 rows, batch 16: 4 steps an epoch) on one thread; report.html is 
 """
 
 import copy
+import functools
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ import endtoend
 from endtoend import Clipping, Guard
 from endtoend.errors import UsageError
 from endtoend.train.stability import WeightEMA
+from toys import separable
 
 QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  # exact comparisons: CPU
 
@@ -26,10 +28,7 @@ QUIET = {"progress": False, "audit": "off", "batch_size": 16, "device": "cpu"}  
 pytestmark = pytest.mark.usefixtures("one_thread_and_no_report")  # tests/train/conftest.py
 
 
-def toy(n=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 6, generator=g)
-    return x, (x[:, 0] - x[:, 1] > 0).long()
+toy = functools.partial(separable, 64)
 
 
 class Recorder(nn.Module):
@@ -367,6 +366,11 @@ def test_activation_checkpointing_recomputes_blocks_and_gives_identical_weights(
     assert plain_calls == 4 * 8 and checkpointed_calls == 2 * 4 * 8  # each block recomputed in backward
     assert checkpointed.weights_sha256 == plain.weights_sha256
     assert checkpointed.history == plain.history
+    # fit leaves the user's blocks as they were: their own forward, no recomputation after it
+    assert all("forward" not in vars(block) for block in checkpointed.model.modules())
+    CountingLinear.calls = 0
+    checkpointed.model(toy()[0]).sum().backward()
+    assert CountingLinear.calls == 4
 
 
 # --- exact resume with the stability features on ---------------------------------------------------

@@ -1,5 +1,6 @@
 """Checkpoints: kill-and-resume is exact, corrupt checkpoints fall back, pickles are refused."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -9,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import shutil
+
 import pytest
 
+import endtoend
 from endtoend.errors import UsageError
-from endtoend.train.checkpoint import list_checkpoints
+from endtoend.train.checkpoint import list_checkpoints, read_checkpoint
+from toys import mlp, separable
 
 SCRIPT = Path(__file__).with_name("killable_run.py")
 
@@ -69,12 +74,41 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
     assert done.stdout.strip() == uninterrupted["tensors"]
 
 
+# --- in-process: the rules of resume and of checkpoint files (no kill needed) ----------------
+
+QUIET = {"progress": False, "audit": "off", "batch_size": 16}
+
+
+def small_run(folder, epochs=2, **changes):
+    """4 steps an epoch, a checkpoint every 2 steps; returns the Run."""
+    data = changes.pop("data", separable(64, seed=1))
+    settings = dict(QUIET, epochs=epochs, checkpoint_every=2, val=separable(32, seed=2), metrics=["accuracy"])
+    return endtoend.fit(mlp(8), data, out=folder, **{**settings, **changes})
+
+
+def hashes(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_epochs_may_be_raised_on_resume(tmp_path):
-    run_script(tmp_path, "epochs=2")
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["epochs"] == 2
-    run_script(tmp_path, "resume", "epochs=3")
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 24
+    small_run(tmp_path, epochs=2)
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 2
+    run = small_run(tmp_path, epochs=3, resume=True)
+    assert run.steps == 12 and json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # one run in the log, not two appended
+
+
+def test_a_pickle_in_a_checkpoint_is_refused_and_never_executed(tmp_path):
+    small_run(tmp_path, epochs=1)
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    (newest / "model.pt").write_bytes(pickle.dumps(_Malicious()))
+    if os.path.exists(MARKER):
+        os.rmdir(MARKER)
+    with pytest.raises(UsageError, match="pickle.*model.pt"):
+        small_run(tmp_path, epochs=2, resume=True)
+    assert not os.path.exists(MARKER)
 
 
 class _Malicious:
@@ -85,16 +119,86 @@ class _Malicious:
 MARKER = "/tmp/endtoend-pickle-was-executed"
 
 
-def test_a_pickle_in_a_checkpoint_is_refused_and_never_executed(tmp_path):
-    run_script(tmp_path, "epochs=1")
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_best_json_stays_true(tmp_path, capfd):
+    small_run(tmp_path, epochs=2)
     newest = list_checkpoints(tmp_path / "checkpoints")[-1]
-    (newest / "model.pt").write_bytes(pickle.dumps(_Malicious()))
-    if os.path.exists(MARKER):
-        os.rmdir(MARKER)
-    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "resume"], capture_output=True, text=True)
-    assert done.returncode != 0
-    assert "pickle" in done.stderr and "model.pt" in done.stderr
-    assert not os.path.exists(MARKER)
+    (newest / "optimizer.safetensors").write_bytes(b"not a checkpoint")
+    run = small_run(tmp_path, epochs=2, resume=True)
+    assert "corrupt" in capfd.readouterr().err
+    root = tmp_path / "checkpoints"
+    assert (root / f"{newest.name}.corrupt" / "optimizer.safetensors").read_bytes() == b"not a checkpoint"
+    for folder in list_checkpoints(root):
+        read_checkpoint(folder)  # every kept checkpoint verifies, the rewritten newest included
+    best = json.loads((root / "best.json").read_text())
+    assert (root / f"step-{best['step']:08d}").is_dir()
+    assert run.steps == 8
+
+
+@pytest.mark.parametrize("edit", [{"lr_scale": 1000.0}, {"step": "forty"}, {"history": None}])
+def test_an_edited_state_json_is_corrupt_and_the_previous_checkpoint_is_used(tmp_path, capfd, edit):
+    small_run(tmp_path, epochs=1)
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = json.loads((newest / "state.json").read_text())
+    (newest / "state.json").write_text(json.dumps({**state, **edit}))
+    run = small_run(tmp_path, epochs=2, resume=True)
+    assert f"{newest.name} is corrupt (state.json" in capfd.readouterr().err
+    assert run.steps == 8
+
+
+def test_state_json_consistent_with_an_edited_manifest_is_still_refused_when_ill_typed(tmp_path, capfd):
+    small_run(tmp_path, epochs=1)
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = dict(json.loads((newest / "state.json").read_text()), step="forty")
+    (newest / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((newest / "manifest.json").read_text())
+    manifest["state.json"] = hashlib.sha256((newest / "state.json").read_bytes()).hexdigest()
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    small_run(tmp_path, epochs=2, resume=True)
+    assert "'step' is missing or ill-typed" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("field, change", [
+    ("lr", {"lr": 5e-3}), ("weight_decay", {"weight_decay": 0.1}), ("train_data", {"data": separable(48, seed=1)}),
+    ("seed", {"seed": 1}), ("batch_size", {"batch_size": 8}), ("clip", {"clip": 1.0}), ("schedule", {"schedule": "cosine"}),
+])
+def test_a_resume_that_would_change_the_result_is_refused_and_touches_nothing(tmp_path, field, change):
+    small_run(tmp_path, epochs=1)
+    before = hashes(tmp_path)
+    with pytest.raises(UsageError, match=f"{field} differs"):
+        small_run(tmp_path, epochs=2, resume=True, **change)
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_resume_with_nothing_left_to_train_says_so_and_touches_nothing(tmp_path, capfd, epochs):
+    first = small_run(tmp_path, epochs=2)
+    before = hashes(tmp_path)
+    again = small_run(tmp_path, epochs=epochs, resume=True, progress=True)
+    assert "already complete at epoch 2" in capfd.readouterr().err
+    assert hashes(tmp_path) == before
+    assert again.metrics == json.loads(json.dumps(first.metrics)) and again.weights_sha256 == first.weights_sha256
+
+
+def test_resume_where_there_is_nothing_to_resume(tmp_path, capfd):
+    run = small_run(tmp_path / "typo", epochs=1, resume=True, progress=True)
+    assert "no checkpoint under" in capfd.readouterr().err and run.steps == 4
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("my files")
+    with pytest.raises(UsageError, match="not a run directory"):
+        small_run(other, epochs=1, resume=True)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_resume_before_the_first_checkpoint_starts_one_clean_run(tmp_path):
+    small_run(tmp_path, epochs=1)
+    for folder in list_checkpoints(tmp_path / "checkpoints"):
+        shutil.rmtree(folder)            # as if killed before the first checkpoint: only best.json
+    (tmp_path / "summary.json").unlink()
+    small_run(tmp_path, epochs=1, resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(4) == len([s for s in steps if s == 4])  # no second run appended
+    assert len([line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"final_loss"' in line]) == 1
 
 
 def test_resume_with_another_seed_is_refused_naming_the_field(tmp_path):

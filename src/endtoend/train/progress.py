@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainingProgress:
     def __init__(self, enabled: bool, total_steps: int):
         self.console = Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
+        self.requested = enabled                            # notes: whenever progress output is on
+        self.enabled = enabled and self.console.is_terminal  # the live bar: only on a terminal
         self.total_steps = total_steps
         self._progress: Progress | None = None
         self._task = None
@@ -27,8 +28,8 @@ class TrainingProgress:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def note(self, message: str) -> None:
-        if self.enabled:
-            self.console.print(message)
+        if self.requested:
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)  # one line, as written
 
     def show(self, renderable: Any) -> None:
         """Print something (e.g. an audit report) whether or not the bar is shown."""
