@@ -156,3 +156,17 @@ def test_non_scalar_term_is_a_usage_error():
     objective = Objective({"per_sample": lambda out, y: (out - y).pow(2)})
     with pytest.raises(UsageError, match=r"'per_sample' returned \(4,\)"):
         objective(torch.zeros(4), torch.ones(4))
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ({"weights": {"a": -1.0}}, "weight of term 'a'"), ({"weights": {"a": float("nan")}}, "weight of term 'a'"),
+    ({"weights": {"a": "1"}}, "weight of term 'a'"), ({"alpha": -1.0, "weighting": "uncertainty"}, "alpha"),
+])
+def test_bad_weights_and_alpha_are_one_line_usage_errors(arguments, named):
+    with pytest.raises(UsageError, match=named):
+        Objective({"a": lambda o, t: o.sum()}, **arguments)
+
+
+def test_a_term_that_is_not_callable_is_refused():
+    with pytest.raises(UsageError, match="term 'a' must be a callable"):
+        Objective({"a": 3})

@@ -74,6 +74,15 @@ class Objective(nn.Module):
         unknown = sorted(set(weights or {}) - set(terms))
         if unknown:
             raise UsageError(f"weights name unknown terms {unknown}; the terms are {list(terms)}")
+        for name, weight in (weights or {}).items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or weight == float("inf"):
+                raise UsageError(f"weight of term {name!r} must be a finite number >= 0, got {weight!r} "
+                                 "(a negative weight maximises that term)")
+        for name, term in terms.items():
+            if not callable(term):
+                raise UsageError(f"term {name!r} must be a callable (outputs, targets) -> scalar, got {type(term).__name__}")
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha >= 0):
+            raise UsageError(f"alpha (GradNorm's asymmetry) must be a number >= 0, got {alpha!r}; the paper uses 1.5")
         if any("." in name or not name for name in terms):
             raise UsageError(f"term names must be non-empty and contain no '.', got {list(terms)}")
         self.weighting = weighting
