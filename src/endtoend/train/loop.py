@@ -27,7 +27,7 @@ from endtoend.objective import Objective
 from endtoend.train import flow
 from endtoend.train import validate as check
 from endtoend.train.checkpoint import weights_sha256
-from endtoend.train.data import TensorData, as_data, eval_batches, steps_per_epoch, train_batches
+from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
 from endtoend.train.evaluate import HIGHER_IS_BETTER, evaluate, resolve_loss, resolve_metrics
 from endtoend.train.memory import checkpoint_blocks, restore_blocks
 from endtoend.train.options import (Clipping, Curriculum, Guard, Progressive, as_clipping, as_curriculum, as_guard,
@@ -117,10 +117,7 @@ def fit(
     network.to(dev)
     if objective is not None:
         objective.to(dev)
-    splits = {split: as_data(data, split, dev) for split, data in (("train", train), ("val", val), ("test", test))}
-    if splits["train"] is None:
-        raise UsageError("train data is required: pass (inputs, targets) or an iterable of batches")
-    check.prepare_splits(splits, network, loss_fn, bar.note)
+    splits = check.prepare_splits({"train": train, "val": val, "test": test}, network, loss_fn, dev, bar.note)
     train_data, val_data, test_data = splits["train"], splits["val"], splits["test"]
     difficulty, curriculum_epochs = flow.prepare(curriculum, progressive, train_data, model, epochs)
     opt = build_optimizer(optimizer, network, lr, weight_decay,
@@ -153,7 +150,7 @@ def fit(
     loaded = keeper.load_latest() if resume else None
     state = keeper.restore(loaded, dev) if loaded is not None else TrainState(epoch_start_rng=capture_rng())
     if resume and loaded is None:
-        bar.note(f"no checkpoint under {folder}: starting a new run")
+        bar.warn(f"no checkpoint under {folder}: starting a new run")  # shown even with progress=False
     seconds_before = state.seconds
     # A run resumed from the checkpoint written just before it stopped early stays stopped.
     stopped_early = bool(early_stopping) and state.epochs_without_improvement >= early_stopping
@@ -166,7 +163,7 @@ def fit(
 
     # --- nothing failed: from here on the run directory is written -----------------------------
     if complete:
-        bar.note(f"{folder} is already complete at epoch {state.epoch}; nothing to train "
+        bar.warn(f"{folder} is already complete at epoch {state.epoch}; nothing to train "
                  "(raise epochs to train more); no file was changed")
     writes = folder is not None and is_main and not complete
     if writes:
@@ -262,18 +259,8 @@ def fit(
                     writer.log(state.step, state.epoch, "val", name, value)
             state.history.append(record)
             bar.epoch_done(record)
-            current = record.get(monitor)
-            is_best = current is not None and (state.best_value is None or (
-                current > state.best_value if monitor_higher else current < state.best_value))
-            if is_best:
-                state.best_value, state.best_step, state.epochs_without_improvement = current, state.step, 0
-                if early_stopping:
-                    keeper.remember_best()
-            else:
-                state.epochs_without_improvement += 1
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+            if state.end_epoch(record.get(monitor), higher_is_better=monitor_higher) and early_stopping:
+                keeper.remember_best()
             keeper.save(state, seconds_before + time.time() - started, monitor)
             if early_stopping and state.epochs_without_improvement >= early_stopping:
                 stopped_early = True

@@ -52,6 +52,19 @@ class TrainState:
     rollbacks: int = 0
     seconds: float = 0.0
 
+    def end_epoch(self, value: float | None, higher_is_better: bool) -> bool:
+        """Close the epoch: remember `value` (the monitored metric) if it is the best so far,
+        count epochs without improvement, move to the next epoch. True when it is the best."""
+        best = value is not None and (self.best_value is None or (
+            value > self.best_value if higher_is_better else value < self.best_value))
+        if best:
+            self.best_value, self.best_step, self.epochs_without_improvement = value, self.step, 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        return best
+
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> TrainState:
         """The state in a checkpoint's state.json; raises CorruptCheckpoint when a field is

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from endtoend.errors import UsageError
-from endtoend.train.data import TensorData
+from endtoend.train.data import TensorData, as_data
 from endtoend.train.options import check_positive, is_integer, is_number
 from endtoend.train.schedules import SCHEDULES
 from endtoend.train.setup import check_choice
@@ -105,8 +105,13 @@ def model_dtype(network: nn.Module) -> torch.dtype:
     return next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
 
 
-def prepare_splits(splits: dict[str, Any], network: nn.Module, loss_fn: Callable, note: Callable[[str], None]) -> None:
-    """Refuse empty splits and convert dtypes with one obvious meaning, in place (tensor path)."""
+def prepare_splits(given: dict[str, Any], network: nn.Module, loss_fn: Callable, device: torch.device,
+                   note: Callable[[str], None]) -> dict[str, Any]:
+    """The splits as `fit` uses them (tensors on the device once, or iterables as given):
+    empty splits refused, dtypes with one obvious meaning converted (with a note)."""
+    splits = {split: as_data(data, split, device) for split, data in given.items()}
+    if splits["train"] is None:
+        raise UsageError("train data is required: pass (inputs, targets) or an iterable of batches")
     dtype = model_dtype(network)
     for split, data in splits.items():
         if data is None:
@@ -121,6 +126,7 @@ def prepare_splits(splits: dict[str, Any], network: nn.Module, loss_fn: Callable
             note(f"{split} inputs are float64 (numpy's default): converted to the model's {_name(dtype)}")
             data.inputs = data.inputs.to(dtype)
         data.targets = _converted_targets(split, data.targets, loss_fn, dtype, note)
+    return splits
 
 
 def _converted_targets(split: str, targets: torch.Tensor, loss_fn: Callable, dtype: torch.dtype,
