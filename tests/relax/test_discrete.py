@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from endtoend.errors import UsageError
 from endtoend.relax import (
     anneal_temperature,
     gumbel_softmax,
@@ -59,9 +60,9 @@ def test_anneal_temperature_decays_exponentially_then_holds():
     assert all(a > b for a, b in zip(taus, taus[1:]))
     ratios = [b / a for a, b in zip(taus, taus[1:])]
     assert max(ratios) - min(ratios) < 1e-12  # a constant ratio per step: exponential
-    with pytest.raises(ValueError, match="tau_min"):
+    with pytest.raises(UsageError, match="tau_min"):
         anneal_temperature(0, 100, tau0=0.1, tau_min=1.0)
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(UsageError, match="total_steps"):
         anneal_temperature(0, 0)
 
 

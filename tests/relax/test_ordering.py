@@ -3,6 +3,7 @@ import torch
 from scipy.optimize import isotonic_regression
 from scipy.stats import rankdata
 
+from endtoend.errors import UsageError
 from endtoend.relax import soft_rank, soft_sort, soft_topk
 from endtoend.relax.ordering import _isotonic_decreasing
 
@@ -26,6 +27,52 @@ def test_soft_sort_with_large_strength_matches_torch_sort(descending):
     hard = torch.sort(x, dim=-1, descending=descending).values
     torch.testing.assert_close(soft_sort(x, strength=1e3, descending=descending), hard, atol=1e-3, rtol=0)
     assert soft_sort(x.float(), strength=1e3).shape == (2, 3, 8)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+@pytest.mark.parametrize("strength", [1e4, 1e6])
+def test_soft_sort_at_large_strength_is_exactly_the_sort_in_float32(strength, descending):
+    # Values of order 1, strength far above the largest gap: every isotonic block is a single
+    # entry and the projection returns the sorted input bit for bit (before, float32 lost
+    # ulp(strength * n) ~ 8e-3 here).
+    x = random(64, 16).float()
+    hard = torch.sort(x, dim=-1, descending=descending).values
+    assert torch.equal(soft_sort(x, strength=strength, descending=descending), hard)
+    # ... and the Jacobian is the sorting permutation: each output's gradient reaches only its source.
+    x.requires_grad_(True)
+    weights = random(64, 16, seed=1).float()
+    (grad,) = torch.autograd.grad((soft_sort(x, strength=strength, descending=descending) * weights).sum(), x)
+    order = torch.sort(x.detach(), dim=-1, descending=descending).indices
+    assert torch.equal(grad, torch.zeros_like(weights).scatter(-1, order, weights))
+
+
+def test_soft_sort_is_exact_just_above_the_largest_gap_and_merges_below_it():
+    x = torch.tensor([[0.0, 3.0, 1.0]])  # gaps 1 and 2
+    assert torch.equal(soft_sort(x, strength=2.01), torch.tensor([[0.0, 1.0, 3.0]]))
+    # Below the largest gap the two ends of that gap pool: 1 and 3 move towards each other.
+    y = soft_sort(x, strength=1.5)
+    assert y[0, 0].item() == 0.0 and 1.0 < y[0, 1].item() < y[0, 2].item() < 3.0
+    torch.testing.assert_close(y.sum(), x.sum())
+
+
+@pytest.mark.parametrize("strength", [0.1, 1.0, 10.0, 1e2, 1e4])
+def test_soft_sort_and_soft_rank_in_float32_agree_with_float64(strength):
+    # Pooled blocks as well as singletons: the float32 result stays within a few float32 ulps
+    # of the float64 one on the same inputs at every strength (the old form lost ulp(strength * n)).
+    x = (3 * random(32, 16)).float()
+    sort_error = (soft_sort(x, strength=strength).double() - soft_sort(x.double(), strength=strength)).abs().max()
+    assert sort_error < 1e-6
+    rank_error = (soft_rank(x, strength=strength).double() - soft_rank(x.double(), strength=strength)).abs().max()
+    assert rank_error < 1e-5  # ranks go up to n = 16
+
+
+def test_soft_rank_at_large_strength_is_exactly_the_ranks_in_float32():
+    x = random(64, 16).float()
+    gaps = x.sort(dim=-1).values.diff(dim=-1)
+    strength = 2.0 / gaps.min().item()  # strength * smallest gap > 1: every block a single entry
+    hard = (x.argsort(dim=-1).argsort(dim=-1) + 1).float()
+    assert torch.equal(soft_rank(x, strength=strength), hard)
+    assert torch.equal(soft_rank(x, strength=1e7), hard)
 
 
 def test_soft_sort_is_sorted_keeps_the_sum_and_tends_to_the_mean():
@@ -86,7 +133,7 @@ def test_soft_topk_implicit_gradient_keeps_rows_at_k():
 
 
 def test_soft_topk_rejects_k_out_of_range():
-    with pytest.raises(ValueError, match="0 < k < n"):
+    with pytest.raises(UsageError, match="0 < k < n"):
         soft_topk(torch.zeros(2, 4), k=4)
 
 

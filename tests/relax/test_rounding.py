@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from endtoend.errors import UsageError
 from endtoend.relax import quantize, soft_threshold, straight_through_round, straight_through_sign
 
 
@@ -40,10 +41,27 @@ def test_quantize_snaps_to_the_nearest_uniform_level():
     assert set(quantize(x, bits=1, low=0.0, high=1.0).tolist()) <= {0.0, 1.0}
 
 
+def test_quantize_passes_the_gradient_at_both_ends_of_the_range_and_none_beyond():
+    # The mask is explicit: torch releases differ in what clamp's gradient is at its bounds.
+    x = torch.tensor([-1.0, -1.0 - 1e-6, 1.0, 1.0 + 1e-6, 0.3, -torch.inf, torch.inf], requires_grad=True)
+    y = quantize(x, bits=2, low=-1.0, high=1.0)
+    assert y.tolist() == pytest.approx([-1.0, -1.0, 1.0, 1.0, 1 / 3, -1.0, 1.0])
+    y.backward(torch.arange(1.0, 8.0))
+    assert x.grad.tolist() == [1.0, 0.0, 3.0, 0.0, 5.0, 0.0, 0.0]
+
+
+def test_straight_through_sign_passes_the_gradient_at_plus_and_minus_one():
+    x = torch.tensor([-1.0, 1.0, -1.0 - 1e-6, 1.0 + 1e-6, 0.0, torch.inf], requires_grad=True)
+    y = straight_through_sign(x)
+    assert y.tolist() == [-1.0, 1.0, -1.0, 1.0, 0.0, 1.0]
+    y.backward(torch.full((6,), 2.0))
+    assert x.grad.tolist() == [2.0, 2.0, 0.0, 0.0, 2.0, 0.0]
+
+
 def test_quantize_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="bits"):
+    with pytest.raises(UsageError, match="bits"):
         quantize(torch.zeros(3), bits=0, low=0.0, high=1.0)
-    with pytest.raises(ValueError, match="high > low"):
+    with pytest.raises(UsageError, match="low < high"):
         quantize(torch.zeros(3), bits=2, low=1.0, high=1.0)
 
 

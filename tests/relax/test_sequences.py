@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from endtoend.errors import UsageError
 from endtoend.relax import ctc_beam_decode, ctc_greedy_decode
 
 
@@ -74,9 +75,9 @@ def test_beam_decode_respects_lengths_and_blank_index():
 
 
 def test_decoders_reject_the_wrong_layout():
-    with pytest.raises(ValueError, match=r"\(T, B, C\)"):
+    with pytest.raises(UsageError, match=r"\(T, B, C\)"):
         ctc_greedy_decode(torch.zeros(5, 3))
-    with pytest.raises(ValueError, match="blank"):
+    with pytest.raises(UsageError, match="blank"):
         ctc_beam_decode(torch.zeros(5, 1, 3), blank=3)
-    with pytest.raises(ValueError, match="input_lengths"):
+    with pytest.raises(UsageError, match="input_lengths"):
         ctc_greedy_decode(torch.zeros(5, 2, 3), input_lengths=[5, 9])

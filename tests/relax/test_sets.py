@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
+from endtoend.errors import UsageError
 from endtoend.relax import SetCriterion, generalized_box_iou, hungarian_match, soft_nms
 
 
@@ -40,10 +42,23 @@ def test_hungarian_match_finds_the_minimum_cost_for_square_and_rectangular_batch
 
 
 def test_hungarian_match_rejects_non_finite_costs():
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(UsageError, match="NaN or inf"):
         hungarian_match(torch.tensor([[[0.0, float("nan")], [1.0, 2.0]]]))
-    with pytest.raises(ValueError, match=r"\(B, N, M\)"):
-        hungarian_match(torch.zeros(2, 2))
+    with pytest.raises(UsageError, match=r"\(B, N, M\)"):
+        hungarian_match(torch.zeros(2, 2, 2, 2))
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (5, 3), (0, 2)])
+def test_hungarian_match_of_one_matrix_is_one_pair_as_scipy_gives(shape):
+    cost = torch.rand(*shape, generator=seeded(3), dtype=torch.float64)
+    rows, cols = hungarian_match(cost)
+    expected_rows, expected_cols = linear_sum_assignment(cost.numpy())
+    assert rows.dtype == cols.dtype == torch.int64
+    assert rows.tolist() == expected_rows.tolist() and cols.tolist() == expected_cols.tolist()
+    if cost.numel():
+        assert cost[rows, cols].sum().item() == pytest.approx(brute_force_cost(cost))
+    (batched_rows, batched_cols), = hungarian_match(cost[None])
+    assert torch.equal(rows, batched_rows) and torch.equal(cols, batched_cols)
 
 
 def test_generalized_box_iou_values():
@@ -118,7 +133,7 @@ def test_set_criterion_ignores_the_order_of_targets():
     first = criterion({"logits": logits, "boxes": boxes}, [{"labels": labels, "boxes": target_boxes}])
     second = criterion({"logits": logits, "boxes": boxes}, [{"labels": labels[order], "boxes": target_boxes[order]}])
     torch.testing.assert_close(first["total"], second["total"])
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(UsageError, match="num_classes"):
         criterion({"logits": torch.zeros(1, 6, 5), "boxes": boxes}, [{"labels": labels, "boxes": target_boxes}])
 
 
@@ -164,7 +179,7 @@ def test_soft_nms_leaves_disjoint_boxes_alone_and_is_differentiable():
     assert torch.autograd.gradcheck(lambda b, s: soft_nms(b, s, sigma=0.5), (boxes, scores))
     (grad_boxes,) = torch.autograd.grad(soft_nms(boxes, scores).sum(), boxes)
     assert grad_boxes.abs().sum() > 0
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(UsageError, match="method"):
         soft_nms(boxes, scores, method="hard")
 
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from endtoend.errors import UsageError
 from endtoend.relax import affine_crop
 
 
@@ -44,8 +45,19 @@ def test_affine_crop_gradcheck_in_images_and_boxes():
     assert torch.autograd.gradcheck(lambda i, b: affine_crop(i, b, size=(3, 2)), (x, boxes))
 
 
+def test_an_int_size_means_a_square_crop():
+    x = images()
+    boxes = torch.tensor([[1.3, 0.4, 7.1, 6.0], [0.0, 2.0, 5.0, 7.5]], requires_grad=True)
+    square = affine_crop(x, boxes, size=5)
+    assert square.shape == (2, 3, 5, 5)
+    assert torch.equal(square, affine_crop(x, boxes, size=(5, 5)))
+    (grad,) = torch.autograd.grad(square.sum(), boxes)
+    (grad_pair,) = torch.autograd.grad(affine_crop(x, boxes, size=(5, 5)).sum(), boxes)
+    assert torch.equal(grad, grad_pair) and grad.abs().sum() > 0
+
+
 def test_shapes_are_checked_and_device_follows_the_input():
-    with pytest.raises(ValueError, match=r"\(B, 4\)"):
+    with pytest.raises(UsageError, match=r"\(B, 4\)"):
         affine_crop(images(), torch.zeros(3, 4), size=(2, 2))
     meta = affine_crop(torch.zeros(2, 3, 8, 8, device="meta"), torch.zeros(2, 4, device="meta"), size=(4, 4))
     assert meta.device.type == "meta" and meta.shape == (2, 3, 4, 4)

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from endtoend.errors import UsageError
+from endtoend.relax import _checks
 from endtoend.relax._straight_through import straight_through
 
 
@@ -53,6 +55,7 @@ def gumbel_softmax(
         >>> bool(logits.grad.abs().sum() > 0)
         True
     """
+    _checks.positive("gumbel_softmax", "tau", tau, "; a small tau (0.1 to 1) gives near one-hot samples")
     gumbels = -torch.log(-torch.log(_uniform_open(logits, generator)))
     soft = torch.softmax((logits + gumbels) / tau, dim=dim)
     if not hard:
@@ -73,10 +76,11 @@ def anneal_temperature(step: int, total_steps: int, tau0: float = 1.0, tau_min: 
         >>> [round(anneal_temperature(s, 100, tau0=1.0, tau_min=0.25), 3) for s in (0, 50, 100, 500)]
         [1.0, 0.5, 0.25, 0.25]
     """
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be a positive number of steps, got {total_steps}")
-    if not 0 < tau_min <= tau0:
-        raise ValueError(f"need 0 < tau_min <= tau0, got tau_min={tau_min}, tau0={tau0}")
+    _checks.positive("anneal_temperature", "total_steps", total_steps)
+    _checks.positive("anneal_temperature", "tau_min", tau_min)
+    _checks.positive("anneal_temperature", "tau0", tau0)
+    if not tau_min <= tau0:
+        raise UsageError(f"anneal_temperature: need 0 < tau_min <= tau0, got tau_min={tau_min}, tau0={tau0}")
     progress = min(max(step, 0) / total_steps, 1.0)
     return tau0 * math.exp(progress * math.log(tau_min / tau0))
 
@@ -118,6 +122,7 @@ def soft_argmax(x: torch.Tensor, dim: int = -1, beta: float = 1.0) -> torch.Tens
         >>> soft_argmax(x, beta=10.0).round(decimals=3)
         tensor([1.])
     """
+    _checks.non_negative("soft_argmax", "beta", beta, "; for a soft argmin pass -x")
     n = x.shape[dim]
     shape = [1] * x.dim()
     shape[dim] = n
@@ -147,6 +152,7 @@ def relaxed_bernoulli(
         >>> set(y.tolist()) == {0.0, 1.0}, abs(y.mean().item() - 0.5) < 0.05
         (True, True)
     """
+    _checks.positive("relaxed_bernoulli", "tau", tau, "; a small tau (0.1 to 1) gives samples near 0 and 1")
     u = _uniform_open(logits, generator)
     logistic_noise = torch.log(u) - torch.log1p(-u)
     soft = torch.sigmoid((logits + logistic_noise) / tau)

@@ -6,8 +6,12 @@ everywhere: autograd does not fail, the parameters upstream simply stop learning
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from endtoend.errors import UsageError
+from endtoend.relax import _checks
 from endtoend.relax._straight_through import straight_through
 
 
@@ -33,7 +37,7 @@ def straight_through_round(x: torch.Tensor) -> torch.Tensor:
 
 
 def straight_through_sign(x: torch.Tensor) -> torch.Tensor:
-    """torch.sign(x) in the forward pass, the gradient of clamp(x, -1, 1) backward.
+    """torch.sign(x) in the forward pass, a gradient of 1 where |x| <= 1 (0 elsewhere) backward.
 
     Math: forward y = sign(x); backward dy/dx := 1 if |x| <= 1 else 0 (the saturating
     straight-through estimator, which stops pushing on weights that are already far out).
@@ -49,14 +53,17 @@ def straight_through_sign(x: torch.Tensor) -> torch.Tensor:
         >>> y.tolist(), x.grad.tolist()
         ([-1.0, 1.0, 1.0], [1.0, 1.0, 0.0])
     """
-    return straight_through(torch.sign(x), x.clamp(-1.0, 1.0))
+    # An explicit mask, not clamp's gradient: that one's value at |x| = 1 is not promised.
+    inside = x.abs() <= 1
+    return straight_through(torch.sign(x), torch.where(inside, x, x.detach().clamp(-1.0, 1.0)))
 
 
 def quantize(x: torch.Tensor, bits: int, low: float, high: float) -> torch.Tensor:
     """Uniform quantisation to 2**bits levels on [low, high], with a straight-through gradient.
 
     Math: step = (high - low) / (2**bits - 1); y = low + step * round((clamp(x, low, high) - low) / step);
-    backward dy/dx := 1 inside [low, high], 0 outside (values clipped to the range get no push).
+    backward dy/dx := 1 inside [low, high] (ends included), 0 outside (values clipped to the
+    range get no push).
     Source: "fake quantisation" of Jacob et al. 2018 (quantisation-aware training), with the
     straight-through estimator of Bengio et al. 2013.
     Shapes: x (...) -> same shape and dtype.
@@ -70,14 +77,16 @@ def quantize(x: torch.Tensor, bits: int, low: float, high: float) -> torch.Tenso
         >>> [round(v, 4) for v in y.tolist()], x.grad.tolist()
         ([0.0, 0.0, 0.3, 0.9, 0.9], [0.0, 1.0, 1.0, 1.0, 0.0])
     """
-    if not isinstance(bits, int) or bits < 1:
-        raise ValueError(f"bits must be an integer >= 1, got {bits!r}")
-    if not high > low:
-        raise ValueError(f"need high > low for the quantisation range, got low={low}, high={high}")
+    _checks.integer("quantize", "bits", bits, low=1)
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise UsageError(f"quantize: need finite low < high for the quantisation range, got low={low}, high={high}")
     step = (high - low) / (2**bits - 1)
-    clipped = x.clamp(low, high)
+    clipped = x.detach().clamp(low, high)
     levels = torch.round((clipped - low) / step) * step + low
-    return straight_through(levels, clipped)
+    # The pass-through mask is explicit rather than clamp's gradient, whose value at the
+    # boundary itself is an implementation detail that has changed between torch releases.
+    inside = (x >= low) & (x <= high)
+    return straight_through(levels, torch.where(inside, x, clipped))
 
 
 def soft_threshold(
@@ -105,6 +114,8 @@ def soft_threshold(
         >>> soft_threshold(x, 0.0, hard=True)
         tensor([0., 0., 1.])
     """
+    _checks.positive("soft_threshold", "sharpness", sharpness,
+                     "; a negative sharpness would flip the gate, use (threshold - x) for x < threshold")
     soft = torch.sigmoid(sharpness * (x - threshold))
     if not hard:
         return soft

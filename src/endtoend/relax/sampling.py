@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from endtoend.errors import UsageError
+
 
 def reparameterize(
     mu: torch.Tensor,
@@ -36,7 +38,8 @@ def reparameterize(
         1.0
     """
     if mu.shape != logvar.shape:
-        raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+        raise UsageError(f"reparameterize: mu and logvar must have the same shape, "
+                         f"got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -57,8 +60,10 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         4.0
     """
     if mu.shape != logvar.shape:
-        raise ValueError(f"mu and logvar must have the same shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+        raise UsageError(f"gaussian_kl: mu and logvar must have the same shape, "
+                         f"got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     if mu.dim() < 2:
-        raise ValueError(f"mu must be (batch, features...), got shape {tuple(mu.shape)}; add a batch dim with mu[None]")
+        raise UsageError(f"gaussian_kl: mu must be (batch, features...), got shape {tuple(mu.shape)}; "
+                         "add a batch dim with mu[None]")
     per_element = mu.pow(2) + logvar.exp() - 1 - logvar
     return 0.5 * per_element.flatten(1).sum(dim=1).mean()

@@ -16,21 +16,25 @@ from collections.abc import Sequence
 
 import torch
 
+from endtoend.errors import UsageError
+from endtoend.relax import _checks
 
-def _check_log_probs(log_probs: torch.Tensor, blank: int) -> None:
+
+def _check_log_probs(function: str, log_probs: torch.Tensor, blank: int) -> None:
     if log_probs.dim() != 3:
-        raise ValueError(f"log_probs must be (T, B, C) like F.ctc_loss, got shape {tuple(log_probs.shape)}; "
-                         "for (B, T, C) pass log_probs.transpose(0, 1)")
-    if not 0 <= blank < log_probs.shape[2]:
-        raise ValueError(f"blank must index a class in [0, {log_probs.shape[2]}), got {blank}")
+        raise UsageError(f"{function}: log_probs must be (T, B, C) like F.ctc_loss, "
+                         f"got shape {tuple(log_probs.shape)}; for (B, T, C) pass log_probs.transpose(0, 1)")
+    _checks.integer(function, "blank", blank, low=0, high=log_probs.shape[2] - 1,
+                    hint=f" (blank must index one of the C = {log_probs.shape[2]} classes)")
 
 
-def _lengths(input_lengths: torch.Tensor | Sequence[int] | None, frames: int, batch: int) -> list[int]:
+def _lengths(function: str, input_lengths: torch.Tensor | Sequence[int] | None, frames: int,
+             batch: int) -> list[int]:
     if input_lengths is None:
         return [frames] * batch
     lengths = [int(n) for n in (input_lengths.tolist() if isinstance(input_lengths, torch.Tensor) else input_lengths)]
     if len(lengths) != batch or not all(0 <= n <= frames for n in lengths):
-        raise ValueError(f"input_lengths must hold {batch} lengths in [0, {frames}], got {lengths}")
+        raise UsageError(f"{function}: input_lengths must hold {batch} lengths in [0, {frames}], got {lengths}")
     return lengths
 
 
@@ -56,11 +60,11 @@ def ctc_greedy_decode(
         >>> ctc_greedy_decode(log_probs)
         [[1, 1, 2]]
     """
-    _check_log_probs(log_probs, blank)
+    _check_log_probs("ctc_greedy_decode", log_probs, blank)
     frames, batch, _ = log_probs.shape
     best_paths = log_probs.argmax(dim=2).t().tolist()  # one device-to-host transfer
     decoded = []
-    for path, length in zip(best_paths, _lengths(input_lengths, frames, batch)):
+    for path, length in zip(best_paths, _lengths("ctc_greedy_decode", input_lengths, frames, batch)):
         labels, previous = [], None
         for symbol in path[:length]:
             if symbol != previous and symbol != blank:
@@ -132,10 +136,9 @@ def ctc_beam_decode(
         >>> ctc_greedy_decode(log_probs), ctc_beam_decode(log_probs, beam=4)
         ([[]], [[1]])
     """
-    _check_log_probs(log_probs, blank)
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
+    _check_log_probs("ctc_beam_decode", log_probs, blank)
+    _checks.integer("ctc_beam_decode", "beam", beam, low=1)
     frames, batch, _ = log_probs.shape
     per_item = log_probs.detach().to("cpu", torch.float64).transpose(0, 1).tolist()
-    lengths = _lengths(input_lengths, frames, batch)
+    lengths = _lengths("ctc_beam_decode", input_lengths, frames, batch)
     return [_prefix_beam_search(item[:length], beam, blank) for item, length in zip(per_item, lengths)]

@@ -15,17 +15,23 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from endtoend.errors import UsageError
+from endtoend.relax import _checks
+
 Outputs = dict[str, torch.Tensor]  # {"logits": (B, Q, C + 1), "boxes": (B, Q, 4)}
 Targets = list[dict[str, torch.Tensor]]  # per image {"labels": (n,), "boxes": (n, 4)}
 
 
-def hungarian_match(cost: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Minimum-cost one-to-one assignment for each cost matrix of a batch.
+def hungarian_match(
+    cost: torch.Tensor | list[torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
+    """Minimum-cost one-to-one assignment for each cost matrix of a batch, or for one matrix.
 
     Math: argmin over partial permutations sigma of sum_i cost[i, sigma(i)] (min(N, M) pairs).
     Source: Kuhn 1955 (Hungarian method), via scipy.optimize.linear_sum_assignment.
     Shapes: cost (B, N, M) or a list of (N_i, M_i) -> a list of B (row_idx, col_idx) pairs,
-    int64 tensors of length min(N_i, M_i) on the cost's device, rows ascending.
+    int64 tensors of length min(N_i, M_i) on the cost's device, rows ascending; one cost
+    matrix (N, M) -> one (row_idx, col_idx) pair, as linear_sum_assignment returns.
     Use: not differentiable (it returns indices); use it under no_grad to decide *which* pairs
     a differentiable loss compares, as `SetCriterion` does.
 
@@ -35,10 +41,16 @@ def hungarian_match(cost: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch
         >>> cost = torch.tensor([[[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]]])
         >>> [(rows.tolist(), cols.tolist()) for rows, cols in hungarian_match(cost)]
         [([0, 1, 2], [1, 0, 2])]
+        >>> rows, cols = hungarian_match(cost[0])  # one (N, M) matrix: one pair
+        >>> cols.tolist()
+        [1, 0, 2]
     """
+    if isinstance(cost, torch.Tensor) and cost.dim() == 2:
+        return hungarian_match(cost[None])[0]
     if isinstance(cost, torch.Tensor):
         if cost.dim() != 3:
-            raise ValueError(f"cost must be (B, N, M) or a list of (N, M) matrices, got shape {tuple(cost.shape)}")
+            raise UsageError(f"hungarian_match: cost must be (N, M), (B, N, M) or a list of (N, M) matrices, "
+                             f"got shape {tuple(cost.shape)}")
         matrices = list(cost.detach().to("cpu", torch.float64).numpy())  # one transfer for the batch
         devices = [cost.device] * len(matrices)
     else:
@@ -47,9 +59,10 @@ def hungarian_match(cost: torch.Tensor | list[torch.Tensor]) -> list[tuple[torch
     matches = []
     for item, (matrix, device) in enumerate(zip(matrices, devices)):
         if matrix.ndim != 2:
-            raise ValueError(f"cost matrix {item} must be 2-D (N, M), got shape {matrix.shape}")
+            raise UsageError(f"hungarian_match: cost matrix {item} must be 2-D (N, M), got shape {matrix.shape}")
         if not np.isfinite(matrix).all():
-            raise ValueError(f"cost matrix {item} contains NaN or inf; check the predictions that built it")
+            raise UsageError(f"hungarian_match: cost matrix {item} contains NaN or inf; "
+                             "check the predictions that built it")
         rows, cols = linear_sum_assignment(matrix)
         matches.append((
             torch.as_tensor(rows, dtype=torch.int64, device=device),
@@ -96,6 +109,9 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
         >>> generalized_box_iou(a, b)
         tensor([[ 1.0000, -0.0794, -0.3333]])
     """
+    if boxes1.dim() != 2 or boxes1.shape[-1] != 4 or boxes2.dim() != 2 or boxes2.shape[-1] != 4:
+        raise UsageError(f"generalized_box_iou: boxes must be (N, 4) and (M, 4) xyxy, "
+                         f"got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     return _giou(boxes1[:, None, :], boxes2[None, :, :])
 
 
@@ -141,6 +157,13 @@ class SetCriterion(nn.Module):
         match_giou: float = 2.0,
     ) -> None:
         super().__init__()
+        _checks.integer("SetCriterion", "num_classes", num_classes, low=1,
+                        hint=" (the real classes; the no-object class is added)")
+        _checks.positive("SetCriterion", "eos_coef", eos_coef, "; DETR uses 0.1")
+        terms = {"class_weight": class_weight, "l1_weight": l1_weight, "giou_weight": giou_weight,
+                 "match_class": match_class, "match_l1": match_l1, "match_giou": match_giou}
+        for name, value in terms.items():
+            _checks.non_negative("SetCriterion", name, value, "; pass 0 to drop the term")
         self.num_classes = num_classes
         self.class_weight, self.l1_weight, self.giou_weight = class_weight, l1_weight, giou_weight
         self.match_class, self.match_l1, self.match_giou = match_class, match_l1, match_giou
@@ -167,10 +190,10 @@ class SetCriterion(nn.Module):
         logits, pred_boxes = outputs["logits"], outputs["boxes"]
         batch, queries, classes = logits.shape
         if classes != self.num_classes + 1:
-            raise ValueError(f"logits must have num_classes + 1 = {self.num_classes + 1} entries "
+            raise UsageError(f"SetCriterion: logits must have num_classes + 1 = {self.num_classes + 1} entries "
                              f"(the last is no-object), got {classes}")
         if len(targets) != batch:
-            raise ValueError(f"expected one target dict per batch item ({batch}), got {len(targets)}")
+            raise UsageError(f"SetCriterion: expected one target dict per batch item ({batch}), got {len(targets)}")
         matches = self.match(outputs, targets)
         batch_index = torch.cat([torch.full_like(rows, item) for item, (rows, _) in enumerate(matches)])
         query_index = torch.cat([rows for rows, _ in matches])
@@ -218,9 +241,11 @@ def soft_nms(
         tensor([0.9000, 0.4852, 0.7000], grad_fn=<WhereBackward0>)
     """
     if method not in ("gaussian", "linear"):
-        raise ValueError(f"method must be 'gaussian' or 'linear', got {method!r}")
+        raise UsageError(f"soft_nms: method must be 'gaussian' or 'linear', got {method!r}")
+    _checks.positive("soft_nms", "sigma", sigma, "; the paper uses 0.5")
+    _checks.between("soft_nms", "iou_threshold", iou_threshold, 0.0, 1.0, " (an IoU)")
     if boxes.shape[:-1] != scores.shape or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must be (..., N, 4) and scores (..., N), "
+        raise UsageError(f"soft_nms: boxes must be (..., N, 4) and scores (..., N), "
                          f"got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     current = scores
     visited = torch.zeros_like(scores, dtype=torch.bool)

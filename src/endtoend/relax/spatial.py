@@ -7,14 +7,27 @@ did downstream. Sampling the crop with a grid makes it a smooth function of the 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
+
+from endtoend.errors import UsageError
+
+
+def _pair(size: object) -> tuple[int, int]:
+    """(h, w) from an int s (meaning (s, s), as torchvision's ops read it) or a pair of ints."""
+    pair = (size, size) if isinstance(size, numbers.Integral) else size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in pair)):
+        raise UsageError(f"affine_crop: size must be an int > 0 or a pair (h, w) of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def affine_crop(
     images: torch.Tensor,
     boxes: torch.Tensor,
-    size: tuple[int, int],
+    size: int | tuple[int, int],
     mode: str = "bilinear",
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
@@ -26,7 +39,8 @@ def affine_crop(
     An integer box with size (y2 - y1, x2 - x1) reproduces images[:, :, y1:y2, x1:x2].
     Source: Jaderberg, Simonyan, Zisserman & Kavukcuoglu 2015, Spatial Transformer Networks
     (affine grid generator + bilinear sampler), via F.affine_grid / F.grid_sample.
-    Shapes: images (B, C, H, W), boxes (B, 4) pixel xyxy, size (h, w) -> (B, C, h, w).
+    Shapes: images (B, C, H, W), boxes (B, 4) pixel xyxy, size (h, w) -> (B, C, h, w); an int
+    size s means (s, s), as in torchvision.ops.roi_align.
     Use: for several boxes per image, repeat the image: affine_crop(images[index], boxes, size).
 
     Example:
@@ -41,10 +55,11 @@ def affine_crop(
         >>> bool(boxes.grad.abs().sum() > 0)
         True
     """
+    out_height, out_width = _pair(size)
     if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        raise UsageError(f"affine_crop: images must be (B, C, H, W), got shape {tuple(images.shape)}")
     if boxes.shape != (images.shape[0], 4):
-        raise ValueError(f"boxes must be (B, 4) = ({images.shape[0]}, 4) pixel xyxy, one per image, "
+        raise UsageError(f"affine_crop: boxes must be (B, 4) = ({images.shape[0]}, 4) pixel xyxy, one per image, "
                          f"got shape {tuple(boxes.shape)}")
     height, width = images.shape[-2:]
     x1, y1, x2, y2 = boxes.to(images.dtype).unbind(dim=1)
@@ -55,5 +70,5 @@ def affine_crop(
         torch.stack([(x2 - x1) / width, zeros, (x1 + x2) / width - 1], dim=1),
         torch.stack([zeros, (y2 - y1) / height, (y1 + y2) / height - 1], dim=1),
     ], dim=1)
-    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *size], align_corners=False)
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], out_height, out_width], align_corners=False)
     return F.grid_sample(images, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
