@@ -1,6 +1,8 @@
-"""Pipeline regimes train the stages they say; probes; the comparison rows; the recipes' pipelines."""
+"""Pipeline regimes train the stages they say; probes; declaration errors.
 
-import json
+The regime comparison of a recipe (compare_regimes) and the built-in recipes' pipelines are
+tested in tests/recipes/."""
+
 import types
 
 import pytest
@@ -8,10 +10,8 @@ import torch
 from torch import nn
 
 import endtoend.pipeline as pipeline_module
-from endtoend.data import Splits
 from endtoend.errors import UsageError
-from endtoend.pipeline import (Pipeline, RegimeTraining, StageObjective, compare_regimes, linear_probes,
-                               parse_regimes, train_regime)
+from endtoend.pipeline import Pipeline, RegimeTraining, StageObjective, linear_probes, train_regime
 
 
 def toy_data(n=256, seed=0):
@@ -30,6 +30,9 @@ def toy_pipeline(seed=0):
 SETTINGS = RegimeTraining(stage_epochs={"features": 2, "classifier": 2}, finetune_epochs=2, finetune_lr=1e-3,
                           fit=dict(loss="cross_entropy", metrics=["accuracy"], lr=1e-2, batch_size=32,
                                    device="cpu"))  # bit-exact comparisons against CPU copies
+
+
+TEST = toy_data(seed=1)  # fit computes metrics only on val or test data
 
 
 def state(module):
@@ -85,7 +88,7 @@ def test_staged_trains_each_stage_on_its_own_with_earlier_stages_bit_identical(p
 def test_staged_plus_joint_then_fine_tunes_every_stage_but_not_the_head(phases):
     pipe = toy_pipeline()
     phases.fit.pipeline = pipe
-    result = train_regime(pipe, "staged+joint", toy_data(), SETTINGS, progress=False)
+    result = train_regime(pipe, "staged+joint", toy_data(), SETTINGS, test=TEST, progress=False)
     assert len(phases.calls) == 3
     finetune = phases.calls[2]
     assert finetune["lr"] == SETTINGS.finetune_lr and finetune["epochs"] == SETTINGS.finetune_epochs
@@ -98,7 +101,7 @@ def test_staged_plus_joint_then_fine_tunes_every_stage_but_not_the_head(phases):
 def test_joint_trains_all_stages_from_scratch_in_one_fit_and_no_head(phases):
     pipe = toy_pipeline()
     phases.fit.pipeline = pipe
-    train_regime(pipe, "joint", toy_data(), SETTINGS, progress=False)
+    train_regime(pipe, "joint", toy_data(), SETTINGS, test=TEST, progress=False)
     (joint,) = phases.calls
     assert joint["epochs"] == SETTINGS.joint_epochs == 6  # as many passes as staged+joint
     assert all_changed(joint["before"]["features"], joint["after"]["features"])
@@ -108,61 +111,31 @@ def test_joint_trains_all_stages_from_scratch_in_one_fit_and_no_head(phases):
 
 
 def test_reusing_the_staged_result_gives_the_same_staged_plus_joint_weights():
-    staged = train_regime(toy_pipeline(), "staged", toy_data(), SETTINGS, progress=False)
+    staged = train_regime(toy_pipeline(), "staged", toy_data(), SETTINGS, test=TEST, progress=False)
     staged_weights = state(staged.pipeline)
-    reused = train_regime(toy_pipeline(), "staged+joint", toy_data(), SETTINGS, progress=False, staged=staged)
-    fresh = train_regime(toy_pipeline(), "staged+joint", toy_data(), SETTINGS, progress=False)
+    reused = train_regime(toy_pipeline(), "staged+joint", toy_data(), SETTINGS, test=TEST, progress=False, staged=staged)
+    fresh = train_regime(toy_pipeline(), "staged+joint", toy_data(), SETTINGS, test=TEST, progress=False)
     assert same(state(reused.pipeline), state(fresh.pipeline))
     assert same(state(staged.pipeline), staged_weights)  # the staged result was copied, not fine-tuned
 
 
 def test_probes_give_one_accuracy_per_stage_better_than_chance_on_informative_features():
-    pipe = train_regime(toy_pipeline(), "joint", toy_data(), SETTINGS, progress=False).pipeline
+    pipe = train_regime(toy_pipeline(), "joint", toy_data(), SETTINGS, test=TEST, progress=False).pipeline
     probes = linear_probes(pipe, toy_data(), toy_data(seed=1))
     assert list(probes) == ["features", "classifier"]
     assert all(0 <= value <= 1 for value in probes.values())
     assert probes["features"] > 0.8 and probes["classifier"] > 0.8  # chance is 0.5
 
 
-def test_compare_regimes_writes_one_row_per_regime_and_the_run_directories(tmp_path):
-    x, y = toy_data()
-    recipe = types.SimpleNamespace(NAME="toy", METRIC="accuracy", build_pipeline=lambda small: toy_pipeline(),
-                                   regime_training=lambda small: SETTINGS)
-    data = Splits(train=(x[:160], y[:160]), val=(x[160:200], y[160:200]), test=(x[200:], y[200:]))
-    rows = compare_regimes(recipe, data, ["staged", "staged+joint", "joint"], out=tmp_path, progress=False,
-                           log=lambda line: None)
-    assert [r["pipeline"] for r in rows] == ["regime: staged", "regime: staged+joint", "regime: joint"]
-    assert [r["kind"] for r in rows] == ["staged", "end-to-end", "end-to-end"]
-    for row in rows:
-        assert 0 <= row["value"] <= 1 and row["train_seconds"] > 0
-        assert row["parameters"] == 16 * 8 + 16 + 32 + 16 * 2 + 2  # heads are not counted
-        assert set(row["probes"]) == {"features", "classifier"}
-    for folder in ("staged/stage-1-features", "staged/stage-2-classifier", "staged+joint/finetune", "joint/joint"):
-        assert (tmp_path / "regimes" / folder / "summary.json").exists()
-    summary = json.loads((tmp_path / "regimes" / "joint" / "joint" / "summary.json").read_text())
-    assert summary["metrics"]["test_accuracy"] == pytest.approx(rows[2]["value"], abs=1e-6)
-    json.dumps(rows)  # the rows go into comparison.json as they are
-
-
-@pytest.mark.parametrize("name", ["mnist5k", "digits"])
-def test_recipe_pipelines_are_the_recipe_model_in_stages(name):
-    from endtoend.recipes import get_recipe
-
-    recipe = get_recipe(name)
+def test_an_auxiliary_classifier_stage_without_val_data_trains_without_metrics():
+    """An earlier stage is never tested, so with no val data its metrics have nothing to be
+    computed on: the stage trains by its own loss alone; the last stage is scored on test."""
     torch.manual_seed(0)
-    model = recipe.build_model(small=True)
-    torch.manual_seed(0)
-    pipe = recipe.build_pipeline(small=True)
-    weights, staged_weights = list(state(model).values()), list(state(pipe).values())
-    assert len(weights) == len(staged_weights)  # same layers, same order: same initial weights
-    assert all(torch.equal(a, b) for a, b in zip(weights, staged_weights))
-    images = recipe.load_data(small=True).test[0][:4]
-    model.eval(), pipe.eval()
-    assert torch.equal(model(images), pipe(images))
-    head = pipe.objectives["features"].head
-    assert head(pipe.features(images)).shape == images.shape  # the decoder reconstructs the input
-    budget = recipe.regime_training(small=True)
-    assert set(budget.stage_epochs) == set(pipe.stage_names) and "epochs" not in budget.fit
+    pipe = Pipeline({"features": nn.Sequential(nn.Linear(8, 16), nn.ReLU()), "classifier": nn.Linear(16, 2)},
+                    objectives={"features": StageObjective(nn.Linear(16, 2), loss="cross_entropy", target="labels")})
+    result = train_regime(pipe, "staged", toy_data(), SETTINGS, test=TEST, progress=False)
+    assert set(result.runs["stage-1-features"].metrics) == {"train_loss"}
+    assert 0 <= result.metrics["test_accuracy"] <= 1
 
 
 def test_declaration_and_choice_errors_are_usage_errors():
@@ -175,6 +148,3 @@ def test_declaration_and_choice_errors_are_usage_errors():
         train_regime(no_objective, "staged", toy_data(), RegimeTraining({"a": 1, "b": 1}, 1, 1e-3), progress=False)
     with pytest.raises(UsageError, match="unknown regime"):
         train_regime(toy_pipeline(), "greedy", toy_data(), SETTINGS)
-    assert parse_regimes("staged, joint,staged") == ["staged", "joint"]
-    with pytest.raises(UsageError, match="--regimes"):
-        parse_regimes("staged,end-to-end")

@@ -8,17 +8,18 @@ A `Pipeline` is an nn.Sequential of named stages, so under `joint` it is just on
 model. Every training phase is one call of `fit`; this file only decides which modules each
 phase sees and which of them are frozen. `linear_probes` then shows what each regime did
 to the internal representation: a logistic regression on every stage's output.
+
+Training a recipe's pipeline under several regimes, side by side, is recipe orchestration:
+`endtoend.recipes.run.compare_regimes`.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -28,7 +29,6 @@ from torch import nn
 from endtoend.errors import UsageError
 from endtoend.train import Run, fit
 from endtoend.train.evaluate import resolve_loss
-from endtoend.train.rng import seed_everything
 
 REGIMES = ("staged", "staged+joint", "joint")
 TARGETS = ("labels", "inputs")
@@ -178,8 +178,10 @@ def train_stages(pipeline: Pipeline, train: Any, settings: RegimeTraining, *, va
             head, reconstruct = objective.head, objective.target == "inputs"
             stage_loss = resolve_loss(objective.loss)
             kwargs["loss"] = _reconstruction(stage_loss) if reconstruct else stage_loss
-            if reconstruct:
-                kwargs["metrics"] = None  # classification metrics mean nothing for a reconstruction
+            if reconstruct or val is None:
+                # Metrics mean nothing for a reconstruction, and an earlier stage is never
+                # tested: with no val either, there is nothing to compute them on.
+                kwargs["metrics"] = None
         phase = f"stage-{index + 1}-{name}"
         with _frozen(earlier):
             runs[phase] = fit(_StageTrainer(earlier, stage, head, reconstruct), train, val=val,
@@ -278,46 +280,3 @@ def linear_probes(pipeline: Pipeline, train: tuple, test: tuple, *, C: float = 0
         probes[name] = round(float(probe.score(features_test[name], y_test)), 6)
     return probes
 
-
-def parse_regimes(text: str) -> list[str]:
-    """"staged,staged+joint,joint" -> a checked list, for the CLI's --regimes."""
-    regimes = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [r for r in regimes if r not in REGIMES]
-    if not regimes or unknown:
-        raise UsageError(f"--regimes takes a comma-separated list of {', '.join(REGIMES)}; got {text!r}")
-    return list(dict.fromkeys(regimes))
-
-
-def compare_regimes(recipe: ModuleType, data: Any, regimes: list[str], *, seed: int = 0, small: bool = False,
-                    out: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train the recipe's pipeline under each regime on `data` (the recipe's Splits); one
-    comparison.json row per regime, with the linear probes. Run directories: out/regimes/<regime>/.
-
-    Every regime starts from the same initial weights (the pipeline is built after seeding).
-    """
-    for name in ("build_pipeline", "regime_training"):
-        if not hasattr(recipe, name):
-            raise UsageError(f"recipe {recipe.NAME!r} has no {name}(); it cannot be trained under regimes")
-    settings = recipe.regime_training(small)
-    metric = f"test_{recipe.METRIC}"
-    results: dict[str, RegimeResult] = {}
-    rows = []
-    for regime in regimes:
-        log(f"training the pipeline under regime {regime} ...")
-        seed_everything(seed)  # the same initial weights for every regime
-        pipeline = recipe.build_pipeline(small)
-        started = time.time()
-        result = train_regime(pipeline, regime, data.train, settings, val=data.val, test=data.test, seed=seed,
-                              out=Path(out) / "regimes" / regime, progress=progress,
-                              staged=results.get("staged") if regime == "staged+joint" else None,
-                              config={"recipe": recipe.NAME + (" --small" if small else "")})
-        results[regime] = result
-        probes = linear_probes(result.pipeline, data.train, data.test)
-        rows.append({"pipeline": f"regime: {regime}", "kind": "staged" if regime == "staged" else "end-to-end",
-                     "value": round(result.metrics[metric], 6), "train_seconds": round(result.seconds, 2),
-                     "parameters": sum(p.numel() for p in result.pipeline.parameters()), "probes": probes,
-                     "runs": {phase: str(run.folder) for phase, run in result.runs.items()}})
-        shown = ", ".join(f"{stage} {value:.4f}" for stage, value in probes.items())
-        log(f"  test {recipe.METRIC} {rows[-1]['value']:.4f} in {result.seconds:.1f}s "
-            f"(this call {time.time() - started:.1f}s); linear probes: {shown}")
-    return rows

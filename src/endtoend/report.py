@@ -1,4 +1,9 @@
-"""report.html: curves and tables drawn with matplotlib, images inlined so it opens offline."""
+"""report.html: curves and tables drawn with matplotlib, images inlined so it opens offline.
+
+Figures are `matplotlib.figure.Figure` objects, never pyplot: no backend is chosen at import,
+the user's pyplot state (a notebook's backend, open windows) is left alone, and a figure is
+freed when it goes out of scope (`savefig` to PNG renders with Agg by itself).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"""
 
 
-def _figure_html(fig) -> str:
+def _figure_html(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
@@ -59,7 +60,8 @@ def write_run_report(folder: Path) -> Path:
     names = sorted({name for _, name in series})
     parts = []
     if names:
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(names), 3.2))
+        axes = fig.subplots(1, len(names), squeeze=False)
         for ax, name in zip(axes[0], names):
             for (split, n), points in sorted(series.items()):
                 if n == name:
@@ -96,7 +98,8 @@ def _gradient_heat_map(records: list[dict[str, Any]]) -> str:
     row, column = {n: i for i, n in enumerate(names)}, {s: j for j, s in enumerate(steps)}
     for r in norms:
         grid[row[r["name"]], column[r["step"]]] = np.log10(max(r["value"], 1e-12))
-    fig, ax = plt.subplots(figsize=(9, 0.22 * len(names) + 1.5))
+    fig = Figure(figsize=(9, 0.22 * len(names) + 1.5))
+    ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)
@@ -110,7 +113,8 @@ def write_comparison_report(folder: Path, comparison: dict[str, Any]) -> Path:
     """Bar chart and table of staged pipelines vs the end-to-end model."""
     folder = Path(folder)
     rows = comparison["rows"]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.2))
+    fig = Figure(figsize=(7, 0.6 * len(rows) + 1.2))
+    ax = fig.subplots()
     colors = ["#4c72b0" if r["kind"] == "end-to-end" else "#aaaaaa" for r in rows]
     ax.barh([r["pipeline"] for r in rows], [r["value"] for r in rows], color=colors)
     low, high = min(r["value"] for r in rows), max(r["value"] for r in rows)

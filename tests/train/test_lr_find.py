@@ -2,12 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import endtoend.train.lr_find as lr_find_module
 from endtoend.errors import UsageError
 from endtoend.train.lr_find import lr_find, suggest_lr
 
@@ -86,24 +88,63 @@ def test_suggestion_is_a_tenth_of_the_minimum_and_stays_inside_the_sweep():
     assert suggest_lr(lrs, [1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0]) == lrs[0]  # never falls: the start
 
 
-def test_bad_arguments_are_one_line_usage_errors():
-    with pytest.raises(UsageError, match="start_lr"):
-        lr_find(mlp(), toy(), start_lr=1.0, end_lr=1e-3)
-    with pytest.raises(UsageError, match="steps"):
-        lr_find(mlp(), toy(), steps=2)
-    with pytest.raises(UsageError, match="smoothing"):
-        lr_find(mlp(), toy(), smoothing=1.0)
+@pytest.mark.parametrize("arguments, expected", [
+    (dict(start_lr=1.0, end_lr=1e-3), "end_lr must be greater than start_lr"),
+    (dict(start_lr=1e-3, end_lr=1e-3), "end_lr must be greater than start_lr"),
+    (dict(start_lr=0.0), "start_lr must be a positive finite number, got 0.0"),
+    (dict(start_lr=-1e-3), "start_lr must be a positive finite number"),
+    (dict(start_lr=float("nan")), "start_lr must be a positive finite number, got nan"),
+    (dict(end_lr=float("inf")), "end_lr must be a positive finite number, got inf"),
+    (dict(end_lr="10"), "end_lr must be a positive finite number, got '10'"),
+    (dict(steps=2), "steps must be an integer of at least 5, got 2"),
+    (dict(steps=50.0), "steps must be an integer of at least 5, got 50.0"),
+    (dict(steps=True), "steps must be an integer of at least 5, got True"),
+    (dict(batch_size=0), "batch_size must be an integer of at least 1, got 0"),
+    (dict(weight_decay=-0.1), "weight_decay must be a finite number >= 0, got -0.1"),
+    (dict(smoothing=1.0), "smoothing is the EMA decay of the loss and must be in [0, 1), got 1.0"),
+    (dict(smoothing=float("nan")), "smoothing is the EMA decay"),
+    (dict(optimizer="lion"), "unknown optimizer 'lion'"),
+    (dict(loss="hinge"), "unknown loss 'hinge'"),
+])
+def test_bad_arguments_are_one_line_usage_errors_before_anything_runs(arguments, expected, tmp_path):
+    with pytest.raises(UsageError) as error:
+        lr_find(mlp(), toy(), out=tmp_path / "sweep", **arguments)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+    assert not (tmp_path / "sweep").exists()
 
 
-def test_recipe_entry_point_uses_the_recipes_settings(tmp_path, monkeypatch):
-    seen = {}
+def test_empty_train_data_and_an_out_under_a_file_fail_before_the_sweep(tmp_path):
+    x, y = toy()
+    with pytest.raises(UsageError, match="^train data has 0 rows"):
+        lr_find(mlp(), (x[:0], y[:0]))
+    (tmp_path / "afile.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"^cannot create the output folder .*afile\.txt/sub: .*afile\.txt is a file; pass another out$"):
+        lr_find(mlp(), toy(), steps=10, out=tmp_path / "afile.txt" / "sub")
+    assert [p.name for p in tmp_path.iterdir()] == ["afile.txt"]
 
-    def fake_lr_find(model, train, **kwargs):
-        seen.update(kwargs, rows=len(train[0]))
-        return "result"
-    monkeypatch.setattr(lr_find_module, "lr_find", fake_lr_find)
-    from endtoend.recipes import get_recipe
 
-    assert lr_find_module.lr_find_recipe(get_recipe("digits"), tmp_path / "lr", seed=3, small=True) == "result"
-    assert seen["batch_size"] == 32 and seen["seed"] == 3 and seen["rows"] == 512
-    assert seen["transforms"] is not None
+def test_a_model_that_is_not_a_module_is_a_usage_error():
+    with pytest.raises(UsageError, match="needs an nn.Module as its model, got function"):
+        lr_find(mlp, toy())
+
+
+def test_numpy_numbers_are_numbers():
+    result = lr_find(mlp(), toy(), start_lr=np.float32(1e-4), end_lr=np.float64(1.0), steps=np.int64(10))
+    assert len(result.lrs) == 10
+
+
+def test_plots_leave_the_users_matplotlib_alone(tmp_path):
+    """Neither the lr_find plot nor report.html picks a backend or imports pyplot: a notebook
+    user's backend and figures are theirs."""
+    script = (
+        "import sys, matplotlib; matplotlib.use('svg')\n"
+        "import torch, endtoend.report\n"
+        "from endtoend.train.lr_find import lr_find\n"
+        "x = torch.randn(64, 6); y = (x[:, 0] > 0).long()\n"
+        f"lr_find(torch.nn.Linear(6, 2), (x, y), steps=10, end_lr=1.0, out={str(tmp_path)!r})\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

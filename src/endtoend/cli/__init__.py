@@ -1,4 +1,9 @@
-"""`e2e`: the command line. Bad input gets one line on stderr and exit code 2."""
+"""`e2e`: the command line. Argv and printing only, one handler per verb; the work is done by
+endtoend.recipes.run (train, compare, demo, lr-find) and endtoend.cli.audit (audit).
+
+Bad input gets one line on stderr and exit code 2, before anything trains or is written;
+Ctrl-C gets one line saying what was left behind, and exit code 130.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from endtoend.errors import UsageError
 
@@ -16,41 +22,50 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= minimum, with an error that names what was expected."""
+def _int_at_least(minimum: int, what: str, below: int | None = None):
+    """An argparse type: an integer >= minimum (and < below), with an error that names what
+    was expected."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (below is not None and value >= below):
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
         return value
     return parse
 
 
 _positive_int = _int_at_least(1, "positive")
-_seed = _int_at_least(0, "non-negative")
+_seed = _int_at_least(0, "non-negative 64-bit", below=2**64)  # torch.manual_seed's range
 
 
-def _default_out(recipe: str) -> Path:
-    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+def _comma_list(text: str) -> list[str]:
+    """An argparse type: "a, b,c" -> ["a", "b", "c"]; what the names mean is checked by the verb."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list such as staged,staged+joint,joint, "
+                                         f"got {text!r}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="e2e", description="End-to-end training on PyTorch: audit the graph, "
                      "train one model by one loss, and measure it against the staged pipeline.")
+    parser.set_defaults(out=None)  # every verb's namespace has `out`: the Ctrl-C message reads it
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
 
-    verbs.add_parser("recipes", help="list the recipes, one line each")
+    verbs.add_parser("recipes", help="list the built-in recipes, one line each").set_defaults(handler=_recipes)
 
-    def recipe_verb(name: str, summary: str, out_default: str, recipe: bool = True, small: bool = True,
-                    progress: bool = True) -> argparse.ArgumentParser:
+    def recipe_verb(name: str, summary: str, out_default: str, handler, recipe: bool = True,
+                    small: bool = True, progress: bool = True) -> argparse.ArgumentParser:
         """A verb that runs a recipe: the arguments every such verb shares."""
         verb = verbs.add_parser(name, help=summary)
+        verb.set_defaults(handler=handler)
         if recipe:
-            verb.add_argument("recipe", help="recipe name (see `e2e recipes`)")
+            verb.add_argument("recipe", help="a recipe name (see `e2e recipes`) or the path of your own "
+                              "recipe file, PATH.py (see endtoend.recipes for what it defines)")
         verb.add_argument("--out", type=Path, help=f"output folder (default {out_default})")
         verb.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
         if small:
@@ -59,83 +74,155 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--no-progress", action="store_true", help="no progress bar")
         return verb
 
-    train = recipe_verb("train", "train a recipe's end-to-end model into a run directory", "runs/RECIPE-TIMESTAMP")
+    train = recipe_verb("train", "train a recipe's end-to-end model into a run directory", "runs/RECIPE-TIMESTAMP",
+                        _train)
     train.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's); may be raised on --resume")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
                        help="also checkpoint every STEPS steps (always at each epoch end)")
 
     compare = recipe_verb("compare", "train the staged pipelines and the end-to-end model; compare",
-                          "runs/RECIPE-TIMESTAMP")
-    compare.add_argument("--regimes", metavar="LIST",
+                          "runs/RECIPE-TIMESTAMP", _compare)
+    compare.add_argument("--regimes", type=_comma_list, metavar="LIST",
                          help="also train the recipe's pipeline under these regimes, e.g. staged,staged+joint,joint")
 
-    recipe_verb("demo", "e2e compare mnist5k: HOG pipelines vs a CNN from pixels", "runs/mnist5k-TIMESTAMP",
-                recipe=False, small=False)
+    demo = recipe_verb("demo", "e2e compare mnist5k: HOG pipelines vs a CNN from pixels", "runs/mnist5k-TIMESTAMP",
+                       _compare, recipe=False, small=False)
+    demo.set_defaults(recipe="mnist5k", small=False, regimes=None)
     recipe_verb("lr-find", "learning-rate finder: exponential sweep, plot, suggested value",
-                "runs/RECIPE-lr-find-TIMESTAMP", progress=False)
+                "runs/RECIPE-lr-find-TIMESTAMP", _lr_find, progress=False)
 
     audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY)")
+    audit.set_defaults(handler=_audit)
     audit.add_argument("target", metavar="PATH.py:FACTORY",
                        help="a Python file and a function in it returning (model, inputs)")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+# --- one handler per verb: argv in, printing out -------------------------------------------
+
+def _recipes(args: argparse.Namespace) -> int:
     from endtoend.recipes import RECIPES, get_recipe
 
-    if args.verb == "recipes":
-        for name in sorted(RECIPES):
-            print(f"{name:10s} {get_recipe(name).DESCRIPTION}")
-        return 0
-    if args.verb == "audit":
-        from endtoend.cli.audit import run_audit_command
-
-        return run_audit_command(args.target, as_json=args.json)
-
-    from endtoend.recipes.run import compare_recipe, train_recipe
-
-    recipe = get_recipe("mnist5k" if args.verb == "demo" else args.recipe)
-    if args.verb == "lr-find":
-        from endtoend.train.lr_find import lr_find_recipe
-
-        out = args.out or _default_out(f"{recipe.NAME}-lr-find")
-        result = lr_find_recipe(recipe, out, seed=args.seed, small=args.small)
-        print(f"{recipe.NAME}: suggested lr {result.suggested_lr:.3g} (the recipe uses "
-              f"{recipe.training(args.small)['lr']:.3g}); plot: {result.plot_path}")
-        return 0
-    if args.verb == "train" and args.resume and args.out is None:
-        raise UsageError("--resume needs --out: the run directory to continue")
-    out = args.out or _default_out(recipe.NAME)
-    progress = not args.no_progress
-    if args.verb == "train":
-        run = train_recipe(recipe, out, seed=args.seed, small=args.small, epochs=args.epochs,
-                           resume=args.resume, checkpoint_every=args.checkpoint_every, progress=progress)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in run.metrics.items())
-        print(f"{recipe.NAME}: {shown}\nrun directory: {out}")
-        return 0
-    regimes = None
-    if getattr(args, "regimes", None):
-        from endtoend.pipeline import parse_regimes
-
-        regimes = parse_regimes(args.regimes)
-    compare_recipe(recipe, out, seed=args.seed, small=getattr(args, "small", False), progress=progress,
-                   regimes=regimes)
+    for name in sorted(RECIPES):
+        print(f"{name:10s} {get_recipe(name).DESCRIPTION}")
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from endtoend.cli.audit import run_audit_command
+
+    return run_audit_command(args.target, as_json=args.json)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from endtoend.recipes import get_recipe, run
+
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out: the run directory to continue")
+    recipe = get_recipe(args.recipe)
+    args.out = _writable_out(args.out or _default_out(recipe.NAME))
+    trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
+                               resume=args.resume, checkpoint_every=args.checkpoint_every,
+                               progress=not args.no_progress)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
+    print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """`e2e compare RECIPE` and `e2e demo` (= compare mnist5k, its defaults set by the parser)."""
+    from rich.console import Console
+
+    from endtoend.recipes import get_recipe, run
+
+    recipe = get_recipe(args.recipe)
+    regimes = run.check_regimes(recipe, args.regimes) if args.regimes else None
+    args.out = _writable_out(args.out or _default_out(recipe.NAME))
+    comparison = run.compare_recipe(recipe, args.out, seed=args.seed, small=args.small,
+                                    progress=not args.no_progress, regimes=regimes, log=print)
+    Console().print(comparison_table(comparison))
+    print(f"wrote {args.out / 'comparison.json'} and {args.out / 'report.html'}")  # not rich: paths unwrapped
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from endtoend.recipes import get_recipe, run
+
+    recipe = get_recipe(args.recipe)
+    args.out = _writable_out(args.out or _default_out(f"{recipe.NAME}-lr-find"))
+    result = run.lr_find_recipe(recipe, args.out, seed=args.seed, small=args.small)
+    lr = recipe.training(args.small).get("lr")
+    uses = (f"the recipe uses {lr:.3g}" if isinstance(lr, (int, float))
+            else "the recipe sets no lr, so fit uses its optimizer's default")
+    print(f"{recipe.NAME}: suggested lr {result.suggested_lr:.3g} ({uses}); plot: {result.plot_path}")
+    return 0
+
+
+def comparison_table(comparison: dict[str, Any]):
+    """comparison.json's rows as a rich Table: one row per pipeline, probes when there are any."""
+    from rich.table import Table
+
+    table = Table(title=f"{comparison['recipe']}: test {comparison['metric']} (seed {comparison['seed']})")
+    with_probes = any("probes" in r for r in comparison["rows"])
+    columns = ("pipeline", "kind", comparison["metric"], "train s", "parameters") + (("probes",) if with_probes else ())
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("pipeline", "kind", "probes") else "right")
+    for r in comparison["rows"]:
+        cells = [r["pipeline"], r["kind"], f"{r['value']:.4f}", f"{r['train_seconds']:.1f}", f"{r['parameters']:,}"]
+        if with_probes:
+            cells.append(", ".join(f"{k} {v:.3f}" for k, v in r.get("probes", {}).items()))
+        table.add_row(*cells)
+    return table
+
+
+# --- the edges: the output folder, Ctrl-C --------------------------------------------------
+
+def _default_out(recipe: str) -> Path:
+    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _writable_out(out: Path) -> Path:
+    """--out must be creatable and writable, checked before any data is loaded or any model
+    built; whether an existing --out may be non-empty is the verb's decision."""
+    from endtoend.train.rundir import check_writable
+
+    check_writable(out)
+    return out
+
+
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """What Ctrl-C left behind, in one line: never a checkpoint that does not exist."""
+    out = args.out if args is not None else None
+    if out is None or not out.exists():
+        return "interrupted; nothing was written"
+    if args.verb == "train":
+        from endtoend.train.checkpoint import list_checkpoints
+
+        again = f"e2e train {args.recipe}{' --small' if args.small else ''} --out {out} --resume"
+
+        found = list_checkpoints(out / "checkpoints")
+        if not found:
+            return (f"interrupted before the first checkpoint: {out} has nothing to resume from yet; "
+                    f"`{again}` starts it anew")
+        return (f"interrupted; {out / 'checkpoints'} holds {len(found)} checkpoint(s), the newest {found[-1].name}: "
+                f"continue with `{again}`")
+    return f"interrupted; {out} is incomplete and `e2e {args.verb}` cannot resume: start again with another --out"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = None
     try:
-        return _run(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system mid-run (a full disk, a folder gone): one line, the path
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the newest checkpoint is intact (resume with --resume)", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,13 +5,19 @@
     build_model(small)        -> the end-to-end nn.Module (raw input -> output)
     training(small)           -> keyword arguments for endtoend.fit (epochs, loss, metrics, ...)
 
-plus NAME, DESCRIPTION, METRIC and HIGHER_IS_BETTER. `endtoend.recipes.run` trains and
+plus NAME, DESCRIPTION, METRIC and HIGHER_IS_BETTER; optionally build_pipeline(small) and
+regime_training(small) for `e2e compare --regimes`. A recipe is a built-in name (`RECIPES`) or
+the path of the user's own .py file defining the same names. `endtoend.recipes.run` trains and
 compares them; nothing recipe-specific lives outside the recipe's module.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import re
+import sys
 from types import ModuleType
 
 from endtoend.errors import UsageError
@@ -20,9 +26,55 @@ RECIPES = {
     "digits": "endtoend.recipes.digits",
     "mnist5k": "endtoend.recipes.mnist5k",
 }
+CONSTANTS = ("NAME", "DESCRIPTION", "METRIC", "HIGHER_IS_BETTER")
+FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
 
 
 def get_recipe(name: str) -> ModuleType:
+    """A built-in recipe by name, or the user's recipe file by path (`path/to/my_recipe.py`),
+    imported and checked for the names of the contract. Raises UsageError (one line)."""
+    if name.endswith(".py"):
+        return _load_recipe_file(name)
     if name not in RECIPES:
-        raise UsageError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))} (see `e2e recipes`)")
+        raise UsageError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))} "
+                         "(see `e2e recipes`), or the path of your own recipe file, PATH.py")
     return importlib.import_module(RECIPES[name])
+
+
+def _load_recipe_file(path: str) -> ModuleType:
+    if not os.path.isfile(path):
+        raise UsageError(f"no such recipe file: {path}")
+    module = _import_file(path)
+    missing = [name for name in CONSTANTS + FUNCTIONS if not hasattr(module, name)]
+    not_callable = [name for name in FUNCTIONS if hasattr(module, name) and not callable(getattr(module, name))]
+    if missing or not_callable:
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+                   ([f"{', '.join(not_callable)} must be functions"] if not_callable else [])
+        raise UsageError(f"recipe file {path} {'; '.join(problems)}: a recipe defines "
+                         f"{', '.join(CONSTANTS + FUNCTIONS)} (see endtoend.recipes)")
+    return module
+
+
+def _import_file(path: str) -> ModuleType:
+    """Import a .py file by path, as its own module (registered in sys.modules, so that the
+    dataclasses and pickles it defines work); its folder is importable while it runs, so it
+    may import its siblings. A failed import is one UsageError line."""
+    module_name = "_endtoend_recipe_" + re.sub(r"\W", "_", os.path.abspath(path))
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"could not import recipe file {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        lines = str(error).strip().splitlines()
+        raise UsageError(f"could not import recipe file {path}: {type(error).__name__}"
+                         f"{': ' + lines[0] if lines else ''}") from error
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module

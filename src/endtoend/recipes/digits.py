@@ -56,19 +56,14 @@ def training(small: bool = False) -> dict:
 # --- the same CNN as named stages, for `e2e compare digits --regimes ...` ---------------------
 
 def build_pipeline(small: bool = False):
-    """build_model's CNN cut in two stages (same layers, same initial weights for a given seed):
-    "features" (8x8 -> 4x4 maps), learned on its own as an autoencoder; "classifier", the head."""
+    """build_model's CNN cut in two stages (the same layer objects, so the same initial weights
+    for a given seed): "features" (8x8 -> 4x4 maps), learned on its own as an autoencoder;
+    "classifier", the head. The decoder is built after the CNN, so the CNN's draws come first."""
     from endtoend.pipeline import Pipeline, StageObjective
 
-    width = 8 if small else 32
-    features = nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-    )
-    classifier = nn.Sequential(
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10),
-    )
+    layers = list(build_model(small))  # re-wrapped below: stage layers numbered from 0
+    width = layers[0].out_channels
+    features, classifier = nn.Sequential(*layers[:7]), nn.Sequential(*layers[7:])
     decoder = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
                             nn.Conv2d(width, 1, 3, padding=1))  # logits of the pixels in [0, 1]
     return Pipeline({"features": features, "classifier": classifier},

@@ -68,16 +68,15 @@ def training(small: bool = False) -> dict:
 # --- the same CNN as named stages, for `e2e compare mnist5k --regimes ...` --------------------
 
 def build_pipeline(small: bool = False):
-    """build_model's CNN cut in two stages (same layers, same initial weights for a given seed):
-    "features", the conv encoder (28x28 -> 7x7 maps), learned on its own as an autoencoder with
-    a transposed-conv decoder; "classifier", the small head, learned by the final loss."""
+    """build_model's CNN cut in two stages (the same layer objects, so the same initial weights
+    for a given seed): "features", the conv encoder (28x28 -> 7x7 maps), learned on its own as
+    an autoencoder with a transposed-conv decoder; "classifier", the small head, learned by the
+    final loss. The decoder is built after the CNN, so the CNN's draws come first."""
     from endtoend.pipeline import Pipeline, StageObjective
 
-    width = 8 if small else 32
-    features = nn.Sequential(conv_block(1, width), conv_block(width, width), nn.MaxPool2d(2),
-                             conv_block(width, 2 * width), conv_block(2 * width, 2 * width), nn.MaxPool2d(2))
-    classifier = nn.Sequential(conv_block(2 * width, 4 * width), nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-                               nn.Linear(4 * width, 10))
+    layers = list(build_model(small))  # re-wrapped below: stage layers numbered from 0
+    width = layers[0][0].out_channels
+    features, classifier = nn.Sequential(*layers[:6]), nn.Sequential(*layers[6:])
     decoder = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.BatchNorm2d(width), nn.ReLU(),
                             nn.ConvTranspose2d(width, 1, 2, stride=2))  # logits of the pixels in [0, 1]
     return Pipeline({"features": features, "classifier": classifier},

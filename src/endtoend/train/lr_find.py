@@ -11,21 +11,23 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
+import sys
+import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from torch import nn
 
 from endtoend.errors import UsageError
-from endtoend.train.data import as_data, train_batches
+from endtoend.train.data import train_batches
 from endtoend.train.evaluate import resolve_loss
 from endtoend.train.loop import build_optimizer, resolve_device
 from endtoend.train.rng import capture_rng, restore_rng, seed_everything
+from endtoend.train.validate import prepare_splits
 
 DIVERGED_FACTOR = 4.0   # stop once the smoothed loss exceeds this times its best value
 
@@ -57,18 +59,19 @@ def lr_find(model: nn.Module, train: Any, *, loss: str | Callable = "cross_entro
     remembers ~50 steps, half the sweep: its curve then lags ~4 decades of lr behind the
     raw loss, and its minimum lands where the raw loss is already blowing up.
     """
-    if not 0 < start_lr < end_lr:
-        raise UsageError(f"need 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
-    if not isinstance(steps, int) or steps < 5:
-        raise UsageError(f"steps must be an integer of at least 5, got {steps!r}; 100 is typical")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"lr_find needs an nn.Module as its model, got {type(model).__name__}")
+    _check_arguments(start_lr, end_lr, steps, batch_size, weight_decay, smoothing)
     smoothing = max(0.0, 1 - 10 / steps) if smoothing is None else smoothing
-    if not 0 <= smoothing < 1:
-        raise UsageError(f"smoothing is the EMA decay of the loss and must be in [0, 1), got {smoothing!r}")
     dev = resolve_device(device)
     loss_fn = resolve_loss(loss)
-    data = as_data(train, "train", dev)
-    if data is None:
-        raise UsageError("lr_find needs train data: pass (inputs, targets) or an iterable of batches")
+    # fit's own checks and conversions: empty data refused, float64 inputs and float class
+    # targets converted (with a note on stderr)
+    data = prepare_splits({"train": train}, model, loss_fn, dev,
+                          lambda line: print(f"lr_find: {line}", file=sys.stderr))["train"]
+
+    if out is not None:
+        _check_creatable(Path(out))
 
     rng_before = capture_rng()
     try:
@@ -82,6 +85,43 @@ def lr_find(model: nn.Module, train: Any, *, loss: str | Callable = "cross_entro
     if out is not None:
         result.plot_path = _write(Path(out), result)
     return result
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number, NumPy's included (a bool is not a number here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_arguments(start_lr, end_lr, steps, batch_size, weight_decay, smoothing) -> None:
+    """One UsageError naming the first bad argument, before anything is copied or drawn."""
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if not _is_real(value) or value <= 0:
+            raise UsageError(f"{name} must be a positive finite number, got {value!r}; the default sweep is 1e-7 to 10")
+    if not start_lr < end_lr:
+        raise UsageError(f"end_lr must be greater than start_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+    for name, value, minimum, typical in (("steps", steps, 5, "100 is typical"),
+                                          ("batch_size", batch_size, 1, "64 is typical")):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+            raise UsageError(f"{name} must be an integer of at least {minimum}, got {value!r}; {typical}")
+    if not _is_real(weight_decay) or weight_decay < 0:
+        raise UsageError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if smoothing is not None and (not _is_real(smoothing) or not 0 <= smoothing < 1):
+        raise UsageError(f"smoothing is the EMA decay of the loss and must be in [0, 1), got {smoothing!r}")
+
+
+def _check_creatable(out: Path) -> None:
+    """Before the sweep, and creating nothing: the nearest existing folder on `out`'s path
+    must be a folder a file can be written in (an unnamed probe, gone when closed)."""
+    existing = out
+    try:
+        existing = next(path for path in (out, *out.parents) if path.exists())
+        if not existing.is_dir():
+            raise UsageError(f"cannot create the output folder {out}: {existing} is a file; pass another out")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write in {existing}, for the output folder {out}: "
+                         f"{error.strerror or error}; pass another out") from None
 
 
 def _sweep(model, data, loss_fn, transforms, optimizer, weight_decay, start_lr, end_lr, steps, batch_size,
@@ -139,12 +179,13 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
 
 
 def _write(folder: Path, result: LRFindResult) -> Path:
-    from endtoend.report import plt  # pyplot with the Agg backend set
+    from matplotlib.figure import Figure  # not pyplot: no backend to pick, no global state (see report.py)
 
     folder.mkdir(parents=True, exist_ok=True)
     saved = {k: v for k, v in asdict(result).items() if k != "plot_path"}
     (folder / "lr_find.json").write_text(json.dumps(saved, indent=1))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(result.lrs, result.raw_losses, color="#bbbbbb", linewidth=0.8, label="loss")
     ax.plot(result.lrs, result.losses, color="#4c72b0", label="smoothed loss")
     ax.axvline(result.suggested_lr, color="#c44e52", linestyle="--", label=f"suggested lr {result.suggested_lr:.2g}")
@@ -159,21 +200,5 @@ def _write(folder: Path, result: LRFindResult) -> Path:
     ax.legend()
     path = folder / "lr_find.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
-
-def lr_find_recipe(recipe: ModuleType, out: str | Path, *, seed: int = 0, small: bool = False,
-                   **overrides: Any) -> LRFindResult:
-    """`e2e lr-find RECIPE`: the range test on the recipe's model, data and fit settings."""
-    from endtoend.train.rundir import prepare_output_folder
-
-    prepare_output_folder(Path(out), resume=False)
-    data = recipe.load_data(small)
-    seed_everything(seed)
-    model = recipe.build_model(small)
-    settings = recipe.training(small)
-    kwargs = {key: settings[key] for key in ("loss", "transforms", "optimizer", "weight_decay", "batch_size")
-              if key in settings}
-    kwargs.update(overrides)
-    return lr_find(model, data.train, seed=seed, out=out, **kwargs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,7 @@ def check_output_folder(out: Path, resume: bool) -> None:
     resuming, a non-empty folder that is not a run directory."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder; choose another --out")
-    existing = out
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise UsageError(f"cannot create output folder {out}: {existing} is a file; choose another --out")
-    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write output folder {out}: {existing} is not writable (permissions or a "
-                         "read-only filesystem); choose another --out")
+    check_writable(out)
     if not out.is_dir() or not any(out.iterdir()):
         return
     is_run = any((out / name).exists() for name in RUN_FILES)
@@ -63,6 +55,24 @@ def check_output_folder(out: Path, resume: bool) -> None:
     if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
         raise UsageError(f"cannot resume in {out}: {out / 'checkpoints'} is a file, not the checkpoints folder; "
                          "move it away (nothing was touched)")
+
+
+def check_writable(out: Path) -> None:
+    """Check, creating nothing, that `out` can be created and written: the nearest existing
+    folder on its path must be a folder we can write in. A probe file (unnamed, gone when
+    closed) is the only test that holds for root, ACLs and read-only mounts alike."""
+    existing = out
+    try:
+        existing = next(path for path in (out, *out.parents) if path.exists())
+        if not existing.is_dir():
+            where = "exists and is a file" if existing == out else f"cannot be created: {existing} is a file"
+            raise UsageError(f"output folder {out} {where}; choose another --out")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "" if existing == out else f" ({existing}, where it would be created)"
+        raise UsageError(f"cannot write in the output folder {out}{where}: {error.strerror or error}; "
+                         "choose another --out") from None
 
 
 def create_output_folder(out: Path) -> None:

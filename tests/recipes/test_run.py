@@ -1,0 +1,74 @@
+"""Recipe orchestration (endtoend.recipes.run), on the stub recipe: regimes side by side, the
+regime checks, lr_find on a recipe's settings, and fresh output folders."""
+
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+import endtoend.recipes.run as run_module
+from endtoend.errors import UsageError
+from endtoend.recipes import get_recipe
+from endtoend.recipes.run import check_regimes, compare_recipe, compare_regimes, lr_find_recipe
+
+STUB = get_recipe(str(Path(__file__).parent / "stub_recipe.py"))
+
+
+def test_compare_regimes_writes_one_row_per_regime_and_the_run_directories(tmp_path):
+    lines = []
+    rows = compare_regimes(STUB, STUB.load_data(), ["staged", "staged+joint", "joint"], out=tmp_path,
+                           progress=False, log=lines.append)
+    assert [r["pipeline"] for r in rows] == ["regime: staged", "regime: staged+joint", "regime: joint"]
+    assert [r["kind"] for r in rows] == ["staged", "end-to-end", "end-to-end"]
+    for row in rows:
+        assert 0 <= row["value"] <= 1 and row["train_seconds"] > 0
+        assert row["parameters"] == 4 * 8 + 8 + 8 * 2 + 2  # the autoencoder head is not counted
+        assert set(row["probes"]) == {"features", "classifier"}
+    for folder in ("staged/stage-1-features", "staged/stage-2-classifier", "staged+joint/finetune", "joint/joint"):
+        assert (tmp_path / "regimes" / folder / "summary.json").exists()
+    summary = json.loads((tmp_path / "regimes" / "joint" / "joint" / "summary.json").read_text())
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(rows[2]["value"], abs=1e-6)
+    assert lines[0] == "training the pipeline under regime staged ..." and len(lines) == 6
+    json.dumps(rows)  # the rows go into comparison.json as they are
+
+
+def test_check_regimes_keeps_the_order_drops_repeats_and_names_the_bad_one():
+    assert check_regimes(STUB, ["joint", "staged", "joint"]) == ["joint", "staged"]
+    with pytest.raises(UsageError, match=r"^unknown regime 'end-to-end'; the regimes are staged, staged\+joint, joint"):
+        check_regimes(STUB, ["staged", "end-to-end"])
+    with pytest.raises(UsageError, match="^no regime given"):
+        check_regimes(STUB, [])
+    no_pipeline = types.SimpleNamespace(NAME="flat", regime_training=STUB.regime_training)
+    with pytest.raises(UsageError, match=r"recipe 'flat' has no build_pipeline\(\)"):
+        check_regimes(no_pipeline, ["joint"])
+
+
+def test_compare_recipe_checks_its_regimes_and_its_folder_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "_staged_row", lambda *args: pytest.fail("trained despite bad input"))
+    with pytest.raises(UsageError, match="unknown regime 'greedy'"):
+        compare_recipe(STUB, tmp_path / "new", regimes=["greedy"], log=lambda line: None)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "a.txt").write_text("mine")
+    with pytest.raises(UsageError, match="compare cannot resume, so choose another --out") as error:
+        compare_recipe(STUB, tmp_path / "used", log=lambda line: None)
+    assert "--resume" not in str(error.value)
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["a.txt"]
+
+
+def test_lr_find_recipe_uses_the_recipes_settings(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_lr_find(model, train, **kwargs):
+        seen.update(kwargs, rows=len(train[0]), model=model)
+        return "result"
+    monkeypatch.setattr(run_module, "lr_find", fake_lr_find)
+    digits = get_recipe("digits")
+    assert lr_find_recipe(digits, tmp_path / "lr", seed=3, small=True, steps=50) == "result"
+    assert seen["batch_size"] == 32 and seen["seed"] == 3 and seen["rows"] == 512 and seen["steps"] == 50
+    assert seen["weight_decay"] == 5e-4 and seen["transforms"] is not None and seen["out"] == tmp_path / "lr"
+    assert "lr" not in seen and "epochs" not in seen  # what the sweep sets itself, or does not use
+    with pytest.raises(UsageError, match="lr-find cannot resume"):
+        (tmp_path / "lr" / "lr_find.json").write_text("{}")
+        lr_find_recipe(digits, tmp_path / "lr", small=True)
