@@ -143,7 +143,9 @@ def test_resolution_schedule_trains_small_first_and_evaluates_at_full_size():
     endtoend.fit(model, (x, y), val=(x, y), epochs=3, progressive=Progressive(resolution={0: 14, 2: 28}), **QUIET)
     shapes = [tuple(batch.shape[-2:]) for batch in model.inputs]  # 2 steps an epoch
     assert shapes == [(14, 14)] * 4 + [(28, 28)] * 2
-    assert set(model.eval_shapes) == {(28, 28)}  # validation and the final metrics: full size
+    # the checks before training: train and val rows, then the train rows at each scheduled size
+    assert model.eval_shapes[:4] == [(28, 28), (28, 28), (14, 14), (28, 28)]
+    assert set(model.eval_shapes[4:]) == {(28, 28)}  # validation and the final metrics: full size
 
 
 # --- progressive unfreezing -----------------------------------------------------------------------

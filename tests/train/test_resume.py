@@ -216,3 +216,17 @@ def test_resume_with_another_seed_is_refused_naming_the_field(tmp_path):
     with pytest.raises(UsageError, match="model"):
         endtoend.fit(torch.nn.Linear(4, 3), data, epochs=2, batch_size=16, out=tmp_path, resume=True,
                      progress=False, audit="off")
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    small_run(tmp_path, epochs=1)
+    before = hashes(tmp_path / "checkpoints")
+    import endtoend.train.checkpoint as ckpt
+
+    def full_disk(tensors, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(UsageError, match="could not write the checkpoint of step 6 .*No space left on device"):
+        small_run(tmp_path, epochs=2, resume=True)
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert hashes(tmp_path / "checkpoints") == before  # the checkpoints already written are intact

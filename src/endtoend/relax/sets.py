@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from endtoend.errors import UsageError
@@ -56,6 +55,8 @@ def hungarian_match(
     else:
         matrices = [c.detach().to("cpu", torch.float64).numpy() for c in cost]
         devices = [c.device for c in cost]
+    from scipy.optimize import linear_sum_assignment  # imported here: it adds 0.7 s to `import endtoend`
+
     matches = []
     for item, (matrix, device) in enumerate(zip(matrices, devices)):
         if matrix.ndim != 2:

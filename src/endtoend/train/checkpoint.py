@@ -106,29 +106,35 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     optimizer_tensors: dict[str, torch.Tensor],
     state: dict[str, Any],
+    check: Callable[[Checkpoint], None] = lambda existing: None,
 ) -> Path:
     """Write checkpoint `step` under `root` atomically and return its folder.
 
     When a folder for `step` already exists (the same step saved again after a rollback or a
-    resume), the new checkpoint replaces it; an old folder that fails verification is moved
-    aside as `step-N.corrupt` first, so it stays on disk for inspection.
+    resume), the new checkpoint replaces it; an old folder that fails verification (or
+    `check`, which knows the state's fields) is moved aside as `step-N.corrupt` first, so it
+    stays on disk for inspection. A failed write removes its temporary folder.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_folder_name(step)
     tmp = root / f".tmp-{step_folder_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_cpu_copies(model_state), str(tmp / MODEL_FILE))
-    save_file(_cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=1))
-    (tmp / MANIFEST_FILE).write_text(json.dumps({name: sha256_file(tmp / name) for name in CHECKSUMMED}))
-    for name in (*CHECKSUMMED, MANIFEST_FILE):
-        _fsync(tmp / name)
-    _fsync(tmp)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_file(_cpu_copies(model_state), str(tmp / MODEL_FILE))
+        save_file(_cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=1))
+        (tmp / MANIFEST_FILE).write_text(json.dumps({name: sha256_file(tmp / name) for name in CHECKSUMMED}))
+        for name in (*CHECKSUMMED, MANIFEST_FILE):
+            _fsync(tmp / name)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         try:
-            read_checkpoint(final)
+            check(read_checkpoint(final))
             aside = root / f".replaced-{final.name}-{os.getpid()}"   # intact: replaced, then removed
         except (CorruptCheckpoint, UnreadableCheckpoint, UsageError):
             aside = _free_name(root, f"{final.name}.corrupt")       # kept for inspection

@@ -71,7 +71,7 @@ def apply_unfreeze(model: nn.Module, schedule: dict[int, list[str]], epoch: int)
         if parameter.requires_grad:
             trainable.append(name)
     if not trainable:
-        raise UsageError(f"unfreeze_schedule leaves no trainable parameter at epoch {epoch}; "
+        raise UsageError(f"Progressive(unfreeze=...) leaves no trainable parameter at epoch {epoch}; "
                          "list at least one module name prefix for epoch 0")
     return trainable
 
@@ -81,7 +81,7 @@ def check_unfreeze(model: nn.Module, schedule: dict[int, list[str]]) -> None:
     for epoch, prefixes in schedule.items():
         for prefix in prefixes:
             if not any(n.startswith(prefix) for n in names):
-                raise UsageError(f"unfreeze_schedule epoch {epoch}: no parameter name starts with {prefix!r}; "
+                raise UsageError(f"Progressive(unfreeze=...) epoch {epoch}: no parameter name starts with {prefix!r}; "
                                  f"names look like {names[:3]}")
 
 
@@ -101,6 +101,9 @@ def prepare(curriculum, progressive, train_data, model: nn.Module, epochs: int):
         raise UsageError(f"Progressive(resolution=...) resizes image batches (N, C, H, W); the train inputs are {shape}")
     if progressive.unfreeze:
         check_unfreeze(model, progressive.unfreeze)
+        if min(progressive.unfreeze) > 0:
+            raise UsageError(f"Progressive(unfreeze=...) starts at epoch {min(progressive.unfreeze)}, so epoch 0 would "
+                             "train nothing; list the parameter name prefixes to train from epoch 0 (e.g. {0: ['head.']})")
         # Every parameter the schedule will ever unfreeze must be in the optimizer, even one
         # the user froze beforehand; the loop then sets each epoch's trainable set.
         apply_unfreeze(model, progressive.unfreeze, max(progressive.unfreeze))

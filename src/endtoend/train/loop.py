@@ -159,12 +159,13 @@ def fit(
 
     # --- check the data against the model (and audit it) before spending time on training -------
     audit_report = _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank,
-                               world_size, audit=audit if loaded is None else "off", bar=bar)
+                               world_size, audit=audit if loaded is None else "off", bar=bar,
+                               sizes=sorted(set((progressive.resolution or {}).values())))
 
     # --- nothing failed: from here on the run directory is written -----------------------------
     if complete:
-        bar.warn(f"{folder} is already complete at epoch {state.epoch}; nothing to train "
-                 "(raise epochs to train more); no file was changed")
+        why = "it stopped early" if stopped_early else "raise epochs to train more"
+        bar.warn(f"{folder} is already complete at epoch {state.epoch}; nothing to train ({why}); no file was changed")
     writes = folder is not None and is_main and not complete
     if writes:
         create_output_folder(folder)
@@ -330,10 +331,12 @@ def _eval_mode(module: nn.Module | None):
         module.train(was_training)
 
 
-def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar):
-    """A forward, loss and metrics on the first train batch and two rows of val and test, then
-    the audit of the first batch. Drawing the batch (a DataLoader shuffles from the global
-    RNG) and running the model must not shift any RNG stream: the states are restored."""
+def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,
+                sizes):
+    """A forward, loss and metrics on the first train batch (at each progressive input size
+    too) and two rows of val and test, then the audit of the first batch. Drawing the batch (a
+    DataLoader shuffles from the global RNG) and running the model must not shift any RNG
+    stream: the states are restored."""
     rng_before_checks = capture_rng()
     first_inputs, first_targets = _first_batch(splits["train"], batch_size, seed, dev, rank, world_size)
     with _eval_mode(objective):
@@ -342,6 +345,9 @@ def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, see
                 inputs, targets = (first_inputs, first_targets) if split == "train" else _first_rows(data, dev)
                 check.check_fits(split, network, loss_fn, metric_fns, inputs, targets,
                                  whole_targets=data.targets if isinstance(data, TensorData) else None)
+        for size in sizes:
+            check.check_fits(f"train (resized to {size}x{size})", network, loss_fn, metric_fns,
+                             flow.resize_batch(first_inputs[:2], size), first_targets)
     report = _run_audit(network, first_inputs, first_targets, loss_fn, audit, bar) if audit != "off" else None
     restore_rng(rng_before_checks)
     return report

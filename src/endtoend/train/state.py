@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -151,13 +150,13 @@ class Checkpointer:
                      identity=self.identity, optimizer_groups=optimizer_groups)
         try:
             ckpt.save_checkpoint(self.root, state.step, self.network.state_dict(),
-                                 optimizer_tensors | self._extra_tensors(), saved)
+                                 optimizer_tensors | self._extra_tensors(), saved,
+                                 check=lambda existing: TrainState.from_saved(existing.state))
             if state.best_step is not None:  # rewritten every time, so it never points at a stale step
                 _write_json(self.root / "best.json", {"step": state.best_step, monitor: state.best_value})
             ckpt.prune_checkpoints(self.root, keep_last=self.keep_last,
                                    keep={state.best_step} if state.best_step is not None else set())
         except OSError as err:
-            shutil.rmtree(self.root / f".tmp-{ckpt.step_folder_name(state.step)}", ignore_errors=True)
             raise UsageError(f"could not write the checkpoint of step {state.step} under {self.root} "
                              f"({type(err).__name__}: {err}); free space or fix permissions, then resume "
                              "(the previous checkpoint is intact)") from None
