@@ -157,3 +157,9 @@ def test_grouped_settings_check_themselves_and_are_recorded_in_config_json(tmp_p
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["clip"] == {"norm": 1.0, "value": None, "agc": 0.01}
     assert config["guard"] == {"bad_steps_before_rollback": 3, "rollback_lr_factor": 0.5, "max_rollbacks": 1}
+
+
+def test_mae_on_two_class_logits_is_refused_instead_of_broadcast():
+    # (B, 2) logits minus (B,) labels broadcasts without an error: mae checks the shapes itself
+    with pytest.raises(UsageError, match="metric 'mae' does not fit model output shape \\(2, 2\\)"):
+        endtoend.fit(mlp(), toy(32), val=toy(32), metrics=["mae"], epochs=1, progress=False, audit="off")

@@ -19,6 +19,11 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mean_absolute_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean |output - target| over elements of the same shape (no broadcasting: class logits
+    (B, C) against labels (B,) would silently compare every class score with the label)."""
+    if outputs.shape != targets.shape:
+        raise ValueError(f"mae compares outputs and targets of the same shape, got {tuple(outputs.shape)} and "
+                         f"{tuple(targets.shape)} (it is a regression metric)")
     return (outputs - targets).abs().mean()
 
 
