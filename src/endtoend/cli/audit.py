@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import re
 import sys
 
 from torch import nn
 
 from endtoend.audit import audit
 from endtoend.errors import UsageError
+from endtoend.userfile import import_file, one_line
 
 
 def load_factory(spec: str) -> tuple:
@@ -25,26 +24,17 @@ def load_factory(spec: str) -> tuple:
         raise UsageError(f"audit: expected PATH.py:FACTORY, got {spec!r}")
     if not os.path.isfile(path):
         raise UsageError(f"audit: no such file: {path}")
-    module_name = "_endtoend_audit_" + re.sub(r"\W", "_", os.path.abspath(path))
     try:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"{path} is not a Python file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # let it import its siblings
-        try:
-            module_spec.loader.exec_module(module)
-        finally:
-            sys.path.pop(0)
+        module = import_file(path)
     except Exception as error:
-        raise UsageError(f"audit: could not import {path}: {_one_line(error)}") from error
+        raise UsageError(f"audit: could not import {path}: {one_line(error)}") from error
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UsageError(f"audit: {path} has no function {name!r}")
     try:
         made = factory()
     except Exception as error:
-        raise UsageError(f"audit: {name}() raised {_one_line(error)}") from error
+        raise UsageError(f"audit: {name}() raised {one_line(error)}") from error
     if not (isinstance(made, tuple) and len(made) in (2, 4) and isinstance(made[0], nn.Module)):
         raise UsageError(
             f"audit: {name}() must return (model, inputs) or (model, inputs, loss_fn, targets) "
@@ -65,7 +55,7 @@ def run_audit_command(spec: str, as_json: bool = False, console=None) -> int:
     except UsageError:
         raise
     except Exception as error:
-        raise UsageError(f"audit: the model's forward or loss raised {_one_line(error)}") from error
+        raise UsageError(f"audit: the model's forward or loss raised {one_line(error)}") from error
     try:
         if as_json:
             print(report.to_json())
@@ -100,8 +90,3 @@ def _stdout_to_devnull() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-
-
-def _one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")

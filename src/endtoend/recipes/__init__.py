@@ -14,13 +14,11 @@ compares them; nothing recipe-specific lives outside the recipe's module.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-import re
-import sys
 from types import ModuleType
 
 from endtoend.errors import UsageError
+from endtoend.userfile import import_file, one_line
 
 RECIPES = {
     "digits": "endtoend.recipes.digits",
@@ -44,7 +42,10 @@ def get_recipe(name: str) -> ModuleType:
 def _load_recipe_file(path: str) -> ModuleType:
     if not os.path.isfile(path):
         raise UsageError(f"no such recipe file: {path}")
-    module = _import_file(path)
+    try:
+        module = import_file(path)
+    except Exception as error:
+        raise UsageError(f"could not import recipe file {path}: {one_line(error)}") from error
     missing = [name for name in CONSTANTS + FUNCTIONS if not hasattr(module, name)]
     not_callable = [name for name in FUNCTIONS if hasattr(module, name) and not callable(getattr(module, name))]
     if missing or not_callable:
@@ -52,29 +53,4 @@ def _load_recipe_file(path: str) -> ModuleType:
                    ([f"{', '.join(not_callable)} must be functions"] if not_callable else [])
         raise UsageError(f"recipe file {path} {'; '.join(problems)}: a recipe defines "
                          f"{', '.join(CONSTANTS + FUNCTIONS)} (see endtoend.recipes)")
-    return module
-
-
-def _import_file(path: str) -> ModuleType:
-    """Import a .py file by path, as its own module (registered in sys.modules, so that the
-    dataclasses and pickles it defines work); its folder is importable while it runs, so it
-    may import its siblings. A failed import is one UsageError line."""
-    module_name = "_endtoend_recipe_" + re.sub(r"\W", "_", os.path.abspath(path))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"could not import recipe file {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    folder = os.path.dirname(os.path.abspath(path))
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:
-        del sys.modules[module_name]
-        lines = str(error).strip().splitlines()
-        raise UsageError(f"could not import recipe file {path}: {type(error).__name__}"
-                         f"{': ' + lines[0] if lines else ''}") from error
-    finally:
-        if folder in sys.path:
-            sys.path.remove(folder)
     return module
