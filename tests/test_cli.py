@@ -14,6 +14,8 @@ import pytest
 
 import endtoend.recipes.run as run_module
 from endtoend.cli import main
+from endtoend.recipes import get_recipe
+from toys import is_accuracy_over
 
 STUB = str(Path(__file__).parent / "recipes" / "stub_recipe.py")
 
@@ -131,8 +133,11 @@ def test_compare_writes_comparison_json_and_report(tmp_path, capsys):
     assert [(row["pipeline"], row["kind"]) for row in comparison["rows"]] == [
         ("logistic regression", "staged"), ("end-to-end CNN", "end-to-end"), ("regime: joint", "end-to-end")]
     assert set(comparison["rows"][-1]["probes"]) == {"features", "classifier"}
-    for row in comparison["rows"]:
-        assert 0 <= row["value"] <= 1 and row["parameters"] > 0
+    test_rows = len(get_recipe(STUB).load_data().test[1])
+    for row in comparison["rows"]:  # every row is scored on the same test split
+        assert is_accuracy_over(test_rows, row["value"]) and row["parameters"] > 0
+    summary = json.loads((out / "end-to-end" / "summary.json").read_text())
+    assert comparison["rows"][1]["value"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-6)
     assert "Regimes and linear probes" in (out / "report.html").read_text()
     assert (out / "end-to-end" / "summary.json").is_file()
     assert (out / "regimes" / "joint" / "joint" / "summary.json").is_file()

@@ -20,3 +20,8 @@ def mlp(*hidden, seed=0, features=6, classes=2, batchnorm=False):
         layers += [nn.Linear(width, size)] + ([nn.BatchNorm1d(size)] if batchnorm else []) + [nn.ReLU()]
         width = size
     return nn.Sequential(*layers, nn.Linear(width, classes))
+
+
+def is_accuracy_over(rows, value):
+    """True when `value` is a fraction k/rows (an accuracy counted over `rows` examples)."""
+    return 0 <= value <= 1 and abs(value * rows - round(value * rows)) < 1e-6 * rows
