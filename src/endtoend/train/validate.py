@@ -215,6 +215,9 @@ def _describe(stage: str, split: str, err: Exception, inputs, targets, outputs, 
         if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and "type" in detail.lower():
             return (f"{split} inputs are {_name(inputs.dtype)} but the model computes in {_name(dtype)}{at}: convert "
                     "them (e.g. inputs.float() / 255 for images) or pass transforms= that does")
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.dtype != dtype:
+            return (f"{split} inputs are {_name(inputs.dtype)} but the model computes in {_name(dtype)}{at}: convert "
+                    f"the batches (inputs.to(torch.{_name(dtype)})); only (inputs, targets) tensors are converted for you")
         return f"{split} inputs of shape {_shape(inputs)} do not fit the model{at}: {detail}"
     if stage == "loss":
         if (isinstance(targets, torch.Tensor) and isinstance(outputs, torch.Tensor) and not targets.is_floating_point()
