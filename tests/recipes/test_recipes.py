@@ -1,6 +1,7 @@
 """get_recipe: built-in names, the user's own recipe files by path, and the built-in recipes'
 pipelines (build_pipeline is build_model cut in stages)."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -89,3 +90,25 @@ def test_recipe_pipelines_are_the_recipe_model_in_stages(name):
     assert head(pipe.features(images)).shape == images.shape  # the decoder reconstructs the input
     budget = recipe.regime_training(small=True)
     assert set(budget.stage_epochs) == set(pipe.stage_names) and "epochs" not in budget.fit
+
+
+@pytest.mark.parametrize("old, new, verb, expected", [
+    ("    return Splits(train=(x[:200], y[:200]), val=(x[200:250], y[200:250]), test=(x[250:], y[250:]))",
+     "    return (x, y)", "train", "load_data() must return endtoend.data.Splits"),
+    ('    return dict(loss="cross_entropy"', '    return None and dict(loss="cross_entropy"', "train",
+     "training() must return a dict of endtoend.fit arguments, got NoneType"),
+    ('    return {"logistic regression": LogisticRegression()}', '    return {"lr": "LogisticRegression"}',
+     "compare", "staged pipeline 'lr' needs fit() and predict()"),
+    ('METRIC = "accuracy"', 'METRIC = "f1"', "compare", "METRIC = 'f1' is not among what its training() computes"),
+])
+def test_a_wrong_recipe_part_is_one_line_before_anything_is_written(tmp_path, old, new, verb, expected):
+    from endtoend.recipes import run
+
+    body = Path(STUB).read_text()
+    assert old in body
+    (tmp_path / "broken.py").write_text(body.replace(old, new, 1))
+    recipe = get_recipe(str(tmp_path / "broken.py"))
+    call = run.train_recipe if verb == "train" else run.compare_recipe
+    with pytest.raises(UsageError, match=f"recipe 'stub': {re.escape(expected)}"):
+        call(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -33,10 +33,10 @@ def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = 
                  epochs: int | None = None, resume: bool = False, checkpoint_every: int | None = None,
                  progress: bool = True, data=None, **overrides: Any) -> Run:
     """Build the recipe's end-to-end model (seeded) and `fit` it, writing a run directory."""
-    data = data or recipe.load_data(small)
+    data = data or recipe_data(recipe, small)
     seed_everything(seed)  # the model's initial weights depend on the seed
     model = recipe.build_model(small)
-    settings = recipe.training(small)
+    settings = recipe_training(recipe, small)
     if epochs is not None:
         settings["epochs"] = epochs
     settings.update(overrides)
@@ -52,10 +52,10 @@ def lr_find_recipe(recipe: ModuleType, out: str | Path, *, seed: int = 0, small:
     end_lr, steps, ...). Writes out/lr_find.png and out/lr_find.json into a fresh folder."""
     out = Path(out)
     _fresh_folder(out, "lr-find")
-    data = recipe.load_data(small)
+    data = recipe_data(recipe, small)
     seed_everything(seed)
     model = recipe.build_model(small)
-    settings = recipe.training(small)
+    settings = recipe_training(recipe, small)
     kwargs = {key: settings[key] for key in ("loss", "transforms", "optimizer", "weight_decay", "batch_size")
               if key in settings}
     kwargs.update(overrides)
@@ -134,10 +134,11 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool 
     """
     out = Path(out)
     regimes = check_regimes(recipe, regimes) if regimes else []
+    data, pipelines = recipe_data(recipe, small), recipe_staged_pipelines(recipe, seed)
+    _check_metric(recipe, recipe_training(recipe, small))
     _fresh_folder(out, "compare")
-    data = recipe.load_data(small)
     rows = []
-    for name, pipeline in recipe.staged_pipelines(seed).items():
+    for name, pipeline in pipelines.items():
         log(f"training staged pipeline: {name} ...")
         rows.append(_staged_row(name, pipeline, data, _accuracy))
         log(f"  test {recipe.METRIC} {rows[-1]['value']:.4f} in {rows[-1]['train_seconds']:.1f}s")
@@ -156,6 +157,46 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool 
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     write_comparison_report(out, comparison)
     return comparison
+
+
+# --- the recipe's parts, checked where they are called: a wrong one is one line naming it ----------
+
+def recipe_data(recipe: ModuleType, small: bool):
+    data = recipe.load_data(small)
+    if not all(hasattr(data, split) for split in ("train", "val", "test")):
+        raise UsageError(f"recipe {recipe.NAME!r}: load_data() must return endtoend.data.Splits(train=, val=, "
+                         f"test=), got {type(data).__name__}")
+    return data
+
+
+def recipe_training(recipe: ModuleType, small: bool) -> dict[str, Any]:
+    settings = recipe.training(small)
+    if not isinstance(settings, dict):
+        raise UsageError(f"recipe {recipe.NAME!r}: training() must return a dict of endtoend.fit arguments, "
+                         f"got {type(settings).__name__}")
+    return dict(settings)
+
+
+def recipe_staged_pipelines(recipe: ModuleType, seed: int) -> dict[str, Any]:
+    pipelines = recipe.staged_pipelines(seed)
+    if not isinstance(pipelines, dict):
+        raise UsageError(f"recipe {recipe.NAME!r}: staged_pipelines() must return {{name: estimator}}, "
+                         f"got {type(pipelines).__name__}")
+    for name, pipeline in pipelines.items():
+        if not (hasattr(pipeline, "fit") and hasattr(pipeline, "predict")):
+            raise UsageError(f"recipe {recipe.NAME!r}: staged pipeline {name!r} needs fit() and predict() "
+                             f"(a scikit-learn estimator), got {type(pipeline).__name__}")
+    return pipelines
+
+
+def _check_metric(recipe: ModuleType, settings: dict[str, Any]) -> None:
+    """The comparison reads test_<METRIC> from the end-to-end run: it must be computed."""
+    from endtoend.train.evaluate import resolve_metrics
+
+    computed = ["loss", *resolve_metrics(settings.get("metrics"))]
+    if recipe.METRIC not in computed:
+        raise UsageError(f"recipe {recipe.NAME!r}: METRIC = {recipe.METRIC!r} is not among what its training() "
+                         f"computes ({', '.join(computed)}); add it to training()['metrics'] or change METRIC")
 
 
 def _fresh_folder(out: Path, verb: str) -> None:
