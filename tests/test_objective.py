@@ -170,3 +170,8 @@ def test_bad_weights_and_alpha_are_one_line_usage_errors(arguments, named):
 def test_a_term_that_is_not_callable_is_refused():
     with pytest.raises(UsageError, match="term 'a' must be a callable"):
         Objective({"a": 3})
+
+
+def test_terms_that_are_not_a_dict_are_refused():
+    with pytest.raises(UsageError, match="Objective terms must be a dict of name -> loss, got list"):
+        Objective([lambda o, t: o.sum()])

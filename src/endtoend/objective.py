@@ -65,6 +65,9 @@ class Objective(nn.Module):
         shared_parameters: Iterable[Tensor] | None = None,
     ):
         super().__init__()
+        if not isinstance(terms, Mapping):
+            raise UsageError(f"Objective terms must be a dict of name -> loss, got {type(terms).__name__}; "
+                             "e.g. Objective({'class': nn.CrossEntropyLoss(), 'box': nn.L1Loss()})")
         if not terms:
             raise UsageError("Objective needs at least one loss term, e.g. Objective({'loss': nn.CrossEntropyLoss()})")
         if weighting not in WEIGHTINGS:

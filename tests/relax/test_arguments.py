@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from endtoend import relax
 from endtoend.errors import UsageError
 from endtoend.relax import (
     SetCriterion,
@@ -120,3 +121,16 @@ def test_numpy_and_tensor_temperatures_are_accepted_and_equal_the_float():
     torch.testing.assert_close(sample(np.float32(0.5)), sample(0.5))
     torch.testing.assert_close(sample(torch.tensor(0.5)), sample(0.5))
     torch.testing.assert_close(soft_topk(ROW, k=np.int64(2), tau=0.5), soft_topk(ROW, k=2, tau=0.5))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: relax.gumbel_softmax([1.0, 2.0]), "gumbel_softmax: logits"),
+    (lambda: relax.straight_through_argmax([[1.0, 2.0]]), "straight_through_argmax: logits"),
+    (lambda: relax.soft_sort([3.0, 1.0]), "soft_sort: x"),
+    (lambda: relax.straight_through_round(1.5), "straight_through_round: x"),
+    (lambda: relax.reparameterize([0.0], [0.0]), "reparameterize: mu"),
+    (lambda: relax.generalized_box_iou([[0, 0, 1, 1]], [[0, 0, 1, 1]]), "generalized_box_iou: boxes1"),
+])
+def test_a_list_where_a_tensor_is_expected_is_one_line(call, name):
+    with pytest.raises(UsageError, match=f"^{name} must be a torch.Tensor, got"):
+        call()

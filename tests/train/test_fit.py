@@ -4,6 +4,7 @@ import functools
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,3 +164,18 @@ def test_mae_on_two_class_logits_is_refused_instead_of_broadcast():
     # (B, 2) logits minus (B,) labels broadcasts without an error: mae checks the shapes itself
     with pytest.raises(UsageError, match="metric 'mae' does not fit model output shape \\(2, 2\\)"):
         endtoend.fit(mlp(), toy(32), val=toy(32), metrics=["mae"], epochs=1, progress=False, audit="off")
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({"train": "tensor"}, "train data is a single Tensor: pass \\(inputs, targets\\)"),
+    ({"train": "one-tuple"}, "train data is a single tuple"),
+    ({"train": "string labels"}, "train targets are numpy <U1 values, which cannot become a tensor"),
+    ({"out": 123}, "out must be a folder path"),
+    ({"progress": "yes"}, "progress must be True or False, got 'yes'"),
+])
+def test_more_bad_inputs_are_one_line(arguments, expected):
+    x, y = toy(32)
+    train = {"tensor": x, "one-tuple": (x,), "string labels": (x.numpy(), np.array(["a"] * 32))}.get(
+        arguments.pop("train", None), (x, y))
+    with pytest.raises(UsageError, match=expected):
+        endtoend.fit(mlp(), train, epochs=1, audit="off", **{"progress": False, **arguments})

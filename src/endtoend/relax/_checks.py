@@ -50,3 +50,11 @@ def integer(function: str, name: str, value: object, low: int, high: int | None 
     if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
             and low <= value and (high is None or value <= high)):
         raise UsageError(f"{function}: {name} must be an integer {expected}, got {value!r}{hint}")
+
+
+def tensors(function: str, **values: object) -> None:
+    """Each value must be a torch.Tensor (a list or a NumPy array fails later, unclearly)."""
+    for name, value in values.items():
+        if not isinstance(value, torch.Tensor):
+            raise UsageError(f"{function}: {name} must be a torch.Tensor, got {type(value).__name__}; "
+                             f"wrap it with torch.as_tensor({name})")

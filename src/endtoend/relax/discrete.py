@@ -55,6 +55,7 @@ def gumbel_softmax(
         >>> bool(logits.grad.abs().sum() > 0)
         True
     """
+    _checks.tensors("gumbel_softmax", logits=logits)
     _checks.positive("gumbel_softmax", "tau", tau, "; a small tau (0.1 to 1) gives near one-hot samples")
     gumbels = -torch.log(-torch.log(_uniform_open(logits, generator)))
     soft = torch.softmax((logits + gumbels) / tau, dim=dim)
@@ -104,6 +105,7 @@ def straight_through_argmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor
         >>> bool(logits.grad.abs().sum() > 0)
         True
     """
+    _checks.tensors("straight_through_argmax", logits=logits)
     soft = torch.softmax(logits, dim=dim)
     return straight_through(_one_hot_argmax(logits, dim), soft)
 
@@ -122,6 +124,7 @@ def soft_argmax(x: torch.Tensor, dim: int = -1, beta: float = 1.0) -> torch.Tens
         >>> soft_argmax(x, beta=10.0).round(decimals=3)
         tensor([1.])
     """
+    _checks.tensors("soft_argmax", x=x)
     _checks.non_negative("soft_argmax", "beta", beta, "; for a soft argmin pass -x")
     n = x.shape[dim]
     shape = [1] * x.dim()
@@ -152,6 +155,7 @@ def relaxed_bernoulli(
         >>> set(y.tolist()) == {0.0, 1.0}, abs(y.mean().item() - 0.5) < 0.05
         (True, True)
     """
+    _checks.tensors("relaxed_bernoulli", logits=logits)
     _checks.positive("relaxed_bernoulli", "tau", tau, "; a small tau (0.1 to 1) gives samples near 0 and 1")
     u = _uniform_open(logits, generator)
     logistic_noise = torch.log(u) - torch.log1p(-u)

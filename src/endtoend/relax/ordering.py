@@ -105,6 +105,7 @@ def soft_sort(x: torch.Tensor, strength: float = 1.0, descending: bool = False) 
         >>> soft_sort(x, strength=0.5)
         tensor([[1.5000, 2.0000, 2.5000]], grad_fn=<ViewBackward0>)
     """
+    _checks.tensors("soft_sort", x=x)
     _checks.positive("soft_sort", "strength", strength, "; larger is closer to torch.sort")
     sign = 1.0 if descending else -1.0
     theta = sign * _rows(x, "soft_sort")
@@ -132,6 +133,7 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         >>> soft_rank(x, strength=10.0)
         tensor([[2., 1., 3.]], grad_fn=<ViewBackward0>)
     """
+    _checks.tensors("soft_rank", x=x)
     _checks.positive("soft_rank", "strength", strength, "; larger is closer to the hard ranks")
     z = strength * _rows(x, "soft_rank")
     n = z.shape[1]
@@ -157,6 +159,7 @@ def soft_topk(x: torch.Tensor, k: int, tau: float = 1.0) -> torch.Tensor:
         >>> mask.round(decimals=3).tolist(), round(mask.sum().item(), 4)
         ([[0.0, 1.0, 0.0, 1.0]], 2.0)
     """
+    _checks.tensors("soft_topk", x=x)
     n = _rows(x, "soft_topk").shape[-1]
     if n < 2:
         raise UsageError(f"soft_topk: the last dim must hold n >= 2 entries to choose from, "

@@ -33,6 +33,7 @@ def straight_through_round(x: torch.Tensor) -> torch.Tensor:
         >>> x.grad.tolist()
         [1.0, 1.0, 1.0]
     """
+    _checks.tensors("straight_through_round", x=x)
     return straight_through(torch.round(x), x)
 
 
@@ -54,6 +55,7 @@ def straight_through_sign(x: torch.Tensor) -> torch.Tensor:
         ([-1.0, 1.0, 1.0], [1.0, 1.0, 0.0])
     """
     # An explicit mask, not clamp's gradient: that one's value at |x| = 1 is not promised.
+    _checks.tensors("straight_through_sign", x=x)
     inside = x.abs() <= 1
     return straight_through(torch.sign(x), torch.where(inside, x, x.detach().clamp(-1.0, 1.0)))
 
@@ -77,6 +79,7 @@ def quantize(x: torch.Tensor, bits: int, low: float, high: float) -> torch.Tenso
         >>> [round(v, 4) for v in y.tolist()], x.grad.tolist()
         ([0.0, 0.0, 0.3, 0.9, 0.9], [0.0, 1.0, 1.0, 1.0, 0.0])
     """
+    _checks.tensors("quantize", x=x)
     _checks.integer("quantize", "bits", bits, low=1)
     if not (math.isfinite(low) and math.isfinite(high) and high > low):
         raise UsageError(f"quantize: need finite low < high for the quantisation range, got low={low}, high={high}")
@@ -114,6 +117,7 @@ def soft_threshold(
         >>> soft_threshold(x, 0.0, hard=True)
         tensor([0., 0., 1.])
     """
+    _checks.tensors("soft_threshold", x=x)
     _checks.positive("soft_threshold", "sharpness", sharpness,
                      "; a negative sharpness would flip the gate, use (threshold - x) for x < threshold")
     soft = torch.sigmoid(sharpness * (x - threshold))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from endtoend.errors import UsageError
+from endtoend.relax import _checks
 
 
 def reparameterize(
@@ -37,6 +38,7 @@ def reparameterize(
         >>> mu.grad[0].item()
         1.0
     """
+    _checks.tensors("reparameterize", mu=mu, logvar=logvar)
     if mu.shape != logvar.shape:
         raise UsageError(f"reparameterize: mu and logvar must have the same shape, "
                          f"got {tuple(mu.shape)} and {tuple(logvar.shape)}")
@@ -59,6 +61,7 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         >>> gaussian_kl(torch.ones(4, 8), torch.zeros(4, 8)).item()
         4.0
     """
+    _checks.tensors("gaussian_kl", mu=mu, logvar=logvar)
     if mu.shape != logvar.shape:
         raise UsageError(f"gaussian_kl: mu and logvar must have the same shape, "
                          f"got {tuple(mu.shape)} and {tuple(logvar.shape)}")

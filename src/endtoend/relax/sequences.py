@@ -60,6 +60,7 @@ def ctc_greedy_decode(
         >>> ctc_greedy_decode(log_probs)
         [[1, 1, 2]]
     """
+    _checks.tensors("ctc_greedy_decode", log_probs=log_probs)
     _check_log_probs("ctc_greedy_decode", log_probs, blank)
     frames, batch, _ = log_probs.shape
     best_paths = log_probs.argmax(dim=2).t().tolist()  # one device-to-host transfer
@@ -136,6 +137,7 @@ def ctc_beam_decode(
         >>> ctc_greedy_decode(log_probs), ctc_beam_decode(log_probs, beam=4)
         ([[]], [[1]])
     """
+    _checks.tensors("ctc_beam_decode", log_probs=log_probs)
     _check_log_probs("ctc_beam_decode", log_probs, blank)
     _checks.integer("ctc_beam_decode", "beam", beam, low=1)
     frames, batch, _ = log_probs.shape

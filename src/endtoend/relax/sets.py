@@ -110,6 +110,7 @@ def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Ten
         >>> generalized_box_iou(a, b)
         tensor([[ 1.0000, -0.0794, -0.3333]])
     """
+    _checks.tensors("generalized_box_iou", boxes1=boxes1, boxes2=boxes2)
     if boxes1.dim() != 2 or boxes1.shape[-1] != 4 or boxes2.dim() != 2 or boxes2.shape[-1] != 4:
         raise UsageError(f"generalized_box_iou: boxes must be (N, 4) and (M, 4) xyxy, "
                          f"got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
@@ -241,6 +242,7 @@ def soft_nms(
         >>> soft_nms(boxes, scores, sigma=0.5)  # box 1 has IoU 0.5 with box 0: 0.8 * exp(-0.5)
         tensor([0.9000, 0.4852, 0.7000], grad_fn=<WhereBackward0>)
     """
+    _checks.tensors("soft_nms", boxes=boxes, scores=scores)
     if method not in ("gaussian", "linear"):
         raise UsageError(f"soft_nms: method must be 'gaussian' or 'linear', got {method!r}")
     _checks.positive("soft_nms", "sigma", sigma, "; the paper uses 0.5")

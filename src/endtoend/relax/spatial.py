@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from endtoend.errors import UsageError
+from endtoend.relax import _checks
 
 
 def _pair(size: object) -> tuple[int, int]:
@@ -55,6 +56,7 @@ def affine_crop(
         >>> bool(boxes.grad.abs().sum() > 0)
         True
     """
+    _checks.tensors("affine_crop", images=images, boxes=boxes)
     out_height, out_width = _pair(size)
     if images.dim() != 4:
         raise UsageError(f"affine_crop: images must be (B, C, H, W), got shape {tuple(images.shape)}")

@@ -30,8 +30,15 @@ class TensorData:
         return self.inputs.shape[0]
 
 
-def _to_tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+def _to_tensor(value: Any, split: str, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    try:
+        return torch.as_tensor(array)
+    except (TypeError, RuntimeError):
+        raise UsageError(f"{split} {name} are numpy {array.dtype} values, which cannot become a tensor; "
+                         "encode them as numbers first (labels: e.g. sklearn.preprocessing.LabelEncoder)") from None
 
 
 def as_data(data: Any, split: str, device: torch.device) -> TensorData | Any:
@@ -39,7 +46,7 @@ def as_data(data: Any, split: str, device: torch.device) -> TensorData | Any:
     if data is None:
         return None
     if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
-        inputs, targets = _to_tensor(data[0]), _to_tensor(data[1])
+        inputs, targets = _to_tensor(data[0], split, "inputs"), _to_tensor(data[1], split, "targets")
         if inputs.shape[0] != targets.shape[0]:
             raise UsageError(
                 f"{split} data: inputs have {inputs.shape[0]} rows but targets have "
@@ -54,6 +61,9 @@ def as_data(data: Any, split: str, device: torch.device) -> TensorData | Any:
                         "clean or impute them before training"
                     )
         return TensorData(inputs.to(device), targets.to(device))
+    if isinstance(data, (torch.Tensor, np.ndarray)) or (isinstance(data, (tuple, list)) and len(data) == 1):
+        raise UsageError(f"{split} data is a single {type(data).__name__}: pass (inputs, targets), the inputs "
+                         "and their targets as a pair")
     if hasattr(data, "__iter__"):
         return data
     raise UsageError(

@@ -95,7 +95,8 @@ def fit(
                           weight_decay=weight_decay, seed=seed, checkpoint_every=checkpoint_every,
                           log_every=log_every, layer_norms_every=layer_norms_every, early_stopping=early_stopping,
                           ema=ema, monitor=monitor, resume=resume, out=out, config=config, schedule=schedule,
-                          audit=audit, precision=precision, splits={"train": train, "val": val, "test": test})
+                          audit=audit, precision=precision, splits={"train": train, "val": val, "test": test},
+                          progress=progress, activation_checkpointing=activation_checkpointing)
     clip, guard, curriculum, progressive = as_clipping(clip), as_guard(guard), as_curriculum(curriculum), as_progressive(progressive)
     rank, world_size = distributed_rank()
     is_main = rank == 0

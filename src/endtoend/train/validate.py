@@ -41,7 +41,7 @@ REAL_TARGET_LOSSES = {F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.b
 
 def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, seed, checkpoint_every, log_every,
                     layer_norms_every, early_stopping, ema, monitor, resume, out, config, schedule, audit, precision,
-                    splits) -> None:
+                    splits, progress, activation_checkpointing) -> None:
     """The plain values of fit's arguments: types, ranges and choices, before anything is built."""
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("audit", audit, AUDIT_MODES)
@@ -68,8 +68,11 @@ def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, 
         raise UsageError(f"ema is the averaging decay and must be in (0, 1), got {ema!r}; try 0.999")
     if monitor is not None and not isinstance(monitor, str):
         raise UsageError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
-    if not isinstance(resume, bool):
-        raise UsageError(f"resume must be True or False, got {resume!r}")
+    for name, flag in (("resume", resume), ("progress", progress), ("activation_checkpointing", activation_checkpointing)):
+        if not isinstance(flag, bool):
+            raise UsageError(f"{name} must be True or False, got {flag!r}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise UsageError(f"out must be a folder path (a str or pathlib.Path) or None, got {type(out).__name__}")
     if resume and out is None:
         raise UsageError("resume=True needs out= (the run directory to resume)")
     if config is not None and not isinstance(config, dict):
