@@ -230,3 +230,12 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_temporary_folder(tm
         small_run(tmp_path, epochs=2, resume=True)
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     assert hashes(tmp_path / "checkpoints") == before  # the checkpoints already written are intact
+
+
+def test_a_finished_run_whose_checkpoints_are_gone_is_not_restarted_over(tmp_path):
+    small_run(tmp_path, epochs=1)
+    shutil.rmtree(tmp_path / "checkpoints")
+    before = hashes(tmp_path)
+    with pytest.raises(UsageError, match="holds a finished run \\(summary.json\\) but no checkpoint"):
+        small_run(tmp_path, epochs=2, resume=True)
+    assert hashes(tmp_path) == before

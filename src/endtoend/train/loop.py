@@ -34,7 +34,8 @@ from endtoend.train.options import (Clipping, Curriculum, Guard, Progressive, as
                                     as_progressive, reject_unknown_arguments)
 from endtoend.train.progress import TrainingProgress
 from endtoend.train.rng import capture_rng, restore_rng, seed_everything
-from endtoend.train.rundir import RunWriter, check_output_folder, create_output_folder, distributed_rank, truncate_metrics_after
+from endtoend.train.rundir import (RunWriter, check_output_folder, create_output_folder, distributed_rank, start_anew,
+                                   truncate_metrics_after)
 from endtoend.train.schedules import lr_factor
 from endtoend.train.setup import autocast_dtype, build_optimizer, resolve_device, run_record
 from endtoend.train.stability import WeightEMA, all_finite, clip_gradients, gradient_norms, weight_norms
@@ -59,6 +60,13 @@ class Run:
     stopped_early: bool = False
     audit: Any = None
     config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, **run_fields: Any) -> dict[str, Any]:
+        """summary.json: the final metrics, the weights' hash and how the run went."""
+        return {"recipe": run_fields["recipe"], "seed": run_fields["seed"], "metrics": self.metrics,
+                "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3), "steps": self.steps,
+                "epochs": run_fields["epochs"], "device": run_fields["device"], "skipped_steps": self.skipped_steps,
+                "rollbacks": self.rollbacks, "stopped_early": self.stopped_early}
 
 
 def fit(
@@ -151,7 +159,7 @@ def fit(
     loaded = keeper.load_latest() if resume else None
     state = keeper.restore(loaded, dev) if loaded is not None else TrainState(epoch_start_rng=capture_rng())
     if resume and loaded is None:
-        bar.warn(f"no checkpoint under {folder}: starting a new run")  # shown even with progress=False
+        start_anew(folder, bar.warn)  # refused for a finished run whose checkpoints are gone
     seconds_before = state.seconds
     # A run resumed from the checkpoint written just before it stopped early stays stopped.
     stopped_early = bool(early_stopping) and state.epochs_without_improvement >= early_stopping
@@ -273,41 +281,32 @@ def fit(
             restore_blocks(model)  # leave the user's modules as they were
 
     # --- final weights: the best ones (early stopping) or the EMA average ---------------------
-    if stopped_early:
-        best_weights = keeper.load_best(state.best_step, dev)
-        if best_weights is not None:
-            network.load_state_dict(best_weights)
-    elif averaged is not None:
-        averaged.copy_to(network)
+    keeper.use_final_weights(stopped_early=stopped_early, best_step=state.best_step, device=dev)
 
     # --- final evaluation and summary ------------------------------------------------------
-    weights_hash = weights_sha256(network.state_dict())
     if complete:  # the record stands as written: report it, recompute nothing
         saved = json.loads(summary_path.read_text())
-        return Run(model=model, metrics=saved["metrics"], history=state.history, folder=folder,
-                   weights_sha256=weights_hash, seconds=saved["seconds"], steps=state.step,
-                   skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,
-                   config=resolved)
-    final = {"train_loss": state.history[-1]["train_loss"]} if state.history else {}
-    for split, data in (("val", val_data), ("test", test_data)):
-        for name, value in (_evaluate(network, None, objective, data, batch_size, dev, loss_fn, metric_fns).items()
-                            if data is not None else ()):
-            final[f"{split}_{name}"] = value
-            writer.log(state.step, state.epoch, split, f"final_{name}", value)
-    seconds = seconds_before + time.time() - started
-    summary = {"recipe": (config or {}).get("recipe"), "seed": seed, "metrics": final,
-               "weights_sha256": weights_hash, "seconds": round(seconds, 3), "steps": state.step,
-               "epochs": epochs, "device": str(dev), "skipped_steps": state.skipped_steps,
-               "rollbacks": state.rollbacks, "stopped_early": stopped_early}
-    writer.write_json("summary.json", summary)
+        metrics, seconds = saved["metrics"], saved["seconds"]
+    else:
+        metrics = {"train_loss": state.history[-1]["train_loss"]} if state.history else {}
+        for split, data in (("val", val_data), ("test", test_data)):
+            for name, value in (_evaluate(network, None, objective, data, batch_size, dev, loss_fn, metric_fns).items()
+                                if data is not None else ()):
+                metrics[f"{split}_{name}"] = value
+                writer.log(state.step, state.epoch, split, f"final_{name}", value)
+        seconds = seconds_before + time.time() - started
+    run = Run(model=model, metrics=metrics, history=state.history, folder=folder,
+              weights_sha256=weights_sha256(network.state_dict()), seconds=seconds, steps=state.step,
+              skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,
+              audit=audit_report, config=resolved)
+    writer.write_json("summary.json", run.summary(recipe=(config or {}).get("recipe"), seed=seed, epochs=epochs,
+                                                  device=str(dev)))
     writer.close()
     if writes:
         from endtoend.report import write_run_report
 
         write_run_report(folder)
-    return Run(model=model, metrics=final, history=state.history, folder=folder, weights_sha256=weights_hash,
-               seconds=seconds, steps=state.step, skipped_steps=state.skipped_steps, rollbacks=state.rollbacks,
-               stopped_early=stopped_early, audit=audit_report, config=resolved)
+    return run
 
 
 # --- pieces of the loop that would hide its shape if inlined -------------------------------

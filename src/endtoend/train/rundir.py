@@ -75,6 +75,16 @@ def check_writable(out: Path) -> None:
                          "choose another --out") from None
 
 
+def start_anew(out: Path, warn) -> None:
+    """resume=True found no checkpoint: start the run anew, with one warning line. That is
+    right after a kill before the first checkpoint, but would rewrite the record of a run that
+    finished (summary.json) and whose checkpoints were deleted since: that is refused."""
+    if (out / "summary.json").exists():
+        raise UsageError(f"cannot resume in {out}: it holds a finished run (summary.json) but no checkpoint to "
+                         "continue from; choose another --out (nothing was touched)")
+    warn(f"no checkpoint under {out}: starting a new run")  # a warning: shown even with progress=False
+
+
 def create_output_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)

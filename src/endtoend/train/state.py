@@ -218,6 +218,16 @@ class Checkpointer:
                         weights[name] = ema[key]
         return {k: v.to(device) for k, v in weights.items()}
 
+    def use_final_weights(self, *, stopped_early: bool, best_step: int | None, device: torch.device) -> None:
+        """The weights a run ends with: the best ones after early stopping, else the EMA
+        average when enabled, else the last ones."""
+        if stopped_early:
+            best = self.load_best(best_step, device)
+            if best is not None:
+                self.network.load_state_dict(best)
+        elif self.averaged is not None:
+            self.averaged.copy_to(self.network)
+
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         extra = {}
         if self.averaged is not None:
