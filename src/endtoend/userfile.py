@@ -9,15 +9,27 @@ import re
 import sys
 from types import ModuleType
 
+from endtoend.errors import UsageError
 
 
-def import_file(path: str) -> ModuleType:
+
+def import_file(path: str, what: str) -> ModuleType:
     """Import the .py file at `path` as its own module and return it.
 
     The module is registered in sys.modules (dataclasses and pickles defined in it need
-    that), and its folder is importable while it runs, so it may import its siblings. What
-    the file raises is raised unchanged, for the caller to turn into its own one-line error.
+    that), and its folder is importable while it runs, so it may import its siblings. A
+    missing file or a failed import is one UsageError line naming `what` ("recipe file",
+    "model file"); the file's own exception is chained to it for its traceback.
     """
+    if not os.path.isfile(path):
+        raise UsageError(f"no such {what}: {path}")
+    try:
+        return _exec_file(path)
+    except Exception as error:
+        raise UsageError(f"could not import {what} {path}: {one_line(error)}") from error
+
+
+def _exec_file(path: str) -> ModuleType:
     module_name = "_endtoend_user_" + re.sub(r"\W", "_", os.path.abspath(path))
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

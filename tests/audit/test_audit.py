@@ -270,7 +270,7 @@ ZOO_CORRECT = zoo_correct.__file__
 
 @pytest.mark.parametrize("spec, expected", [
     ("no_colon_here", "expected PATH.py:FACTORY"),
-    ("/nonexistent/model.py:make", "no such file"),
+    ("/nonexistent/model.py:make", "no such model file"),
     (f"{ZOO_BROKEN}:does_not_exist", "has no function 'does_not_exist'"),
     (f"{ZOO_BROKEN}:make_raising", "make_raising() raised ValueError: no data here"),
     (f"{ZOO_BROKEN}:make_wrong_shape", "must return (model, inputs)"),

@@ -22,12 +22,7 @@ def load_factory(spec: str) -> tuple:
     path, colon, name = spec.rpartition(":")
     if not colon or not path or not name:
         raise UsageError(f"audit: expected PATH.py:FACTORY, got {spec!r}")
-    if not os.path.isfile(path):
-        raise UsageError(f"audit: no such file: {path}")
-    try:
-        module = import_file(path)
-    except Exception as error:
-        raise UsageError(f"audit: could not import {path}: {one_line(error)}") from error
+    module = import_file(path, "model file")
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UsageError(f"audit: {path} has no function {name!r}")

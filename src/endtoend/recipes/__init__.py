@@ -14,11 +14,10 @@ compares them; nothing recipe-specific lives outside the recipe's module.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 from endtoend.errors import UsageError
-from endtoend.userfile import import_file, one_line
+from endtoend.userfile import import_file
 
 RECIPES = {
     "digits": "endtoend.recipes.digits",
@@ -40,12 +39,7 @@ def get_recipe(name: str) -> ModuleType:
 
 
 def _load_recipe_file(path: str) -> ModuleType:
-    if not os.path.isfile(path):
-        raise UsageError(f"no such recipe file: {path}")
-    try:
-        module = import_file(path)
-    except Exception as error:
-        raise UsageError(f"could not import recipe file {path}: {one_line(error)}") from error
+    module = import_file(path, "recipe file")
     missing = [name for name in CONSTANTS + FUNCTIONS if not hasattr(module, name)]
     not_callable = [name for name in FUNCTIONS if hasattr(module, name) and not callable(getattr(module, name))]
     if missing or not_callable:
