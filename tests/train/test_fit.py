@@ -179,3 +179,10 @@ def test_more_bad_inputs_are_one_line(arguments, expected):
         arguments.pop("train", None), (x, y))
     with pytest.raises(UsageError, match=expected):
         endtoend.fit(mlp(), train, epochs=1, audit="off", **{"progress": False, **arguments})
+
+
+@pytest.mark.parametrize("name, value", [("lr", float("inf")), ("weight_decay", float("inf")), ("clip", float("inf")),
+                                         ("lr", float("nan"))])
+def test_a_non_finite_number_is_refused(name, value):
+    with pytest.raises(UsageError, match=f"^{name} must be .*got (inf|nan)"):
+        endtoend.fit(mlp(), toy(32), epochs=1, progress=False, audit="off", **{name: value})

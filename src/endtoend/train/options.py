@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ def is_integer(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A finite real number, NumPy's included, never a bool (inf is no learning rate)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False, optional: bool = False, hint: str = "") -> None:
