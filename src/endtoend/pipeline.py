@@ -28,7 +28,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.train import Run, fit
-from endtoend.train.evaluate import resolve_loss
+from endtoend.train.evaluate import eval_mode, resolve_loss
 
 REGIMES = ("staged", "staged+joint", "joint")
 TARGETS = ("labels", "inputs")
@@ -245,16 +245,14 @@ def _epochs(settings: RegimeTraining, stage: str) -> int:
 @torch.no_grad()
 def stage_outputs(pipeline: Pipeline, inputs: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Every stage's output on `inputs` (eval mode), flattened to one row per input."""
-    was_training = pipeline.training
-    pipeline.eval()
     device = next(pipeline.parameters(), torch.empty(0)).device
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in pipeline.stage_names}
-    for start in range(0, len(inputs), batch_size):
-        hidden = inputs[start:start + batch_size].to(device)
-        for name, stage in pipeline.named_children():
-            hidden = stage(hidden)
-            chunks[name].append(hidden.flatten(1).float().cpu())
-    pipeline.train(was_training)
+    with eval_mode(pipeline):
+        for start in range(0, len(inputs), batch_size):
+            hidden = inputs[start:start + batch_size].to(device)
+            for name, stage in pipeline.named_children():
+                hidden = stage(hidden)
+                chunks[name].append(hidden.flatten(1).float().cpu())
     return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
 

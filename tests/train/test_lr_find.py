@@ -118,7 +118,7 @@ def test_empty_train_data_and_an_out_under_a_file_fail_before_the_sweep(tmp_path
     with pytest.raises(UsageError, match="^train data has 0 rows"):
         lr_find(mlp(), (x[:0], y[:0]))
     (tmp_path / "afile.txt").write_text("mine")
-    with pytest.raises(UsageError, match=r"^cannot create the output folder .*afile\.txt/sub: .*afile\.txt is a file; pass another out$"):
+    with pytest.raises(UsageError, match=r"^output folder .*afile\.txt/sub cannot be created: .*afile\.txt is a file; choose another --out$"):
         lr_find(mlp(), toy(), steps=10, out=tmp_path / "afile.txt" / "sub")
     assert [p.name for p in tmp_path.iterdir()] == ["afile.txt"]
 

@@ -9,9 +9,7 @@ what became of its output: consumed at all, fed back into the computation, used 
 
 from __future__ import annotations
 
-import os
 import sys
-import sysconfig
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,18 +21,15 @@ from torch.autograd.function import BackwardCFunction
 from torch.overrides import TorchFunctionMode
 
 from endtoend.audit.evidence import Evidence
+from endtoend.sources import ENDTOEND_DIR, TORCH_DIR, is_library
 from endtoend.audit.ops import (
     CASTS, ESCAPES, METADATA, METADATA_TYPES, SHAPE_ONLY, ZERO_DERIVATIVE, ZERO_GRADIENT_KINDS, bare_name,
     blocked_outputs, graph_handle, ignores_incoming_gradient, is_random, lookup_name, op_name, positions,
     tensors_in,
 )
 
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-# The endtoend package itself, two folders up from endtoend/audit/record.py (not this file's
-# folder): its frames are library frames, and a cut in them (a relaxation's own
-# straight-through estimator) is intended.
-ENDTOEND_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_STDLIB_DIR = sysconfig.get_paths()["stdlib"] + os.sep
+# endtoend's own frames are library frames: a cut in them (a relaxation's own
+# straight-through estimator) is intended (endtoend/sources.py).
 
 
 @dataclass(eq=False)
@@ -251,9 +246,9 @@ class Recorder(TorchFunctionMode):
         torch_function, internal = None, None
         while frame is not None and is_library(frame.f_code.co_filename):
             filename = frame.f_code.co_filename
-            if torch_function is None and filename.startswith(_TORCH_DIR):
+            if torch_function is None and filename.startswith(TORCH_DIR):
                 torch_function = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
-            if internal is None and not filename.startswith(_TORCH_DIR):
+            if internal is None and not filename.startswith(TORCH_DIR):
                 internal = filename.startswith(ENDTOEND_DIR)
             frame = frame.f_back
         if frame is None:
@@ -292,14 +287,3 @@ def _custom_function_forwards() -> dict:
     return forwards
 
 
-_library_cache: dict[str, bool] = {}
-
-
-def is_library(filename: str) -> bool:
-    """Whether code in `filename` is torch's, endtoend's or Python's own, not the user's."""
-    known = _library_cache.get(filename)
-    if known is None:
-        known = _library_cache[filename] = (
-            filename.startswith((_TORCH_DIR, ENDTOEND_DIR, _STDLIB_DIR, "<frozen"))
-        )
-    return known

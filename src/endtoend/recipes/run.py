@@ -27,6 +27,7 @@ from endtoend.report import write_comparison_report
 from endtoend.train import Run, fit
 from endtoend.train.lr_find import LRFindResult, lr_find
 from endtoend.train.rng import seed_everything
+from endtoend.train.rundir import create_output_folder
 
 
 def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
@@ -207,4 +208,4 @@ def _fresh_folder(out: Path, verb: str) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"output folder {out} already exists and is not empty; {verb} cannot resume, so "
                          "choose another --out (nothing was overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    create_output_folder(out)

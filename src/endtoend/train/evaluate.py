@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,20 @@ def resolve_metrics(metrics: Any) -> dict[str, MetricFn]:
     return resolved
 
 
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """`module` in eval mode for the block, then back in the mode it was in (None: nothing)."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 def batch_size_of(targets: Any) -> int:
     return targets.shape[0] if isinstance(targets, torch.Tensor) and targets.dim() > 0 else 1
 
@@ -70,18 +85,16 @@ def batch_size_of(targets: Any) -> int:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, MetricFn]) -> dict[str, float]:
     """Mean loss and metrics over `batches`, weighted by batch size; one device sync."""
-    was_training = model.training
-    model.eval()
     totals: list[torch.Tensor] = []
     count = 0
-    for inputs, targets in batches:
-        outputs = model(inputs)
-        n = batch_size_of(targets)
-        values = [loss_fn(outputs, targets)] + [fn(outputs, targets) for fn in metrics.values()]
-        row = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=values[0].device) for v in values]) * n
-        totals.append(row)
-        count += n
-    model.train(was_training)
+    with eval_mode(model):
+        for inputs, targets in batches:
+            outputs = model(inputs)
+            n = batch_size_of(targets)
+            values = [loss_fn(outputs, targets)] + [fn(outputs, targets) for fn in metrics.values()]
+            row = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=values[0].device) for v in values]) * n
+            totals.append(row)
+            count += n
     if not totals:
         return {}
     sums = torch.stack(totals).sum(0).tolist()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from endtoend.errors import UsageError
+from endtoend.train.data import TensorData
 
 
 def curriculum_competence(epoch: int, ramp_epochs: int, start: float = 0.25) -> float:
@@ -88,8 +89,6 @@ def check_unfreeze(model: nn.Module, schedule: dict[int, list[str]]) -> None:
 def prepare(curriculum, progressive, train_data, model: nn.Module, epochs: int):
     """Check the curriculum and progressive settings against the data and the model, before
     training; returns (difficulty scores, curriculum ramp in epochs), both None without one."""
-    from endtoend.train.data import TensorData
-
     difficulty = ramp = None
     if curriculum is not None:
         if not isinstance(train_data, TensorData):

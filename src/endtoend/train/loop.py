@@ -28,7 +28,7 @@ from endtoend.train import flow
 from endtoend.train import validate as check
 from endtoend.train.checkpoint import weights_sha256
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
-from endtoend.train.evaluate import HIGHER_IS_BETTER, evaluate, resolve_loss, resolve_metrics
+from endtoend.train.evaluate import HIGHER_IS_BETTER, eval_mode, evaluate, resolve_loss, resolve_metrics
 from endtoend.train.memory import checkpoint_blocks, restore_blocks
 from endtoend.train.options import (Clipping, Curriculum, Guard, Progressive, as_clipping, as_curriculum, as_guard,
                                     as_progressive, reject_unknown_arguments)
@@ -151,7 +151,8 @@ def fit(
                       curriculum=(curriculum, difficulty), progressive=progressive),
         output_only=dict(epochs=epochs, device=str(dev), metrics=list(metric_fns), checkpoint_every=checkpoint_every,
                          log_every=log_every, layer_norms_every=layer_norms_every,
-                         activation_checkpointing=activation_checkpointing, world_size=world_size))
+                         activation_checkpointing=activation_checkpointing, world_size=world_size),
+        with_data=folder is not None and is_main)
 
     # --- where to start: fresh, or the newest intact checkpoint -------------------------
     keeper = Checkpointer(network, opt, averaged, objective, folder if is_main else None, identity,
@@ -313,22 +314,9 @@ def fit(
 
 def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metric_fns) -> dict[str, float]:
     batches = eval_batches(data, batch_size * 4, dev)
-    with _eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
+    # An Objective evaluates in eval mode: GradNorm's balancing needs gradients, eval has none.
+    with eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
         return evaluate(network, batches, loss_fn, metric_fns)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module | None):
-    """Evaluate an Objective in eval mode (GradNorm's balancing needs gradients, eval has none)."""
-    if module is None:
-        yield
-        return
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,
@@ -339,7 +327,7 @@ def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, see
     stream: the states are restored."""
     rng_before_checks = capture_rng()
     first_inputs, first_targets = _first_batch(splits["train"], batch_size, seed, dev, rank, world_size)
-    with _eval_mode(objective):
+    with eval_mode(objective):
         for split, data in splits.items():
             if data is not None:
                 inputs, targets = (first_inputs, first_targets) if split == "train" else _first_rows(data, dev)

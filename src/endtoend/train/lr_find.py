@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import numbers
 import sys
-import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,9 @@ from torch import nn
 from endtoend.errors import UsageError
 from endtoend.train.data import train_batches
 from endtoend.train.evaluate import resolve_loss
-from endtoend.train.loop import build_optimizer, resolve_device
+from endtoend.train.options import is_integer, is_number
+from endtoend.train.rundir import check_writable
+from endtoend.train.setup import build_optimizer, resolve_device
 from endtoend.train.rng import capture_rng, restore_rng, seed_everything
 from endtoend.train.validate import prepare_splits
 
@@ -71,7 +71,7 @@ def lr_find(model: nn.Module, train: Any, *, loss: str | Callable = "cross_entro
                           lambda line: print(f"lr_find: {line}", file=sys.stderr))["train"]
 
     if out is not None:
-        _check_creatable(Path(out))
+        check_writable(Path(out))  # before the sweep, creating nothing
 
     rng_before = capture_rng()
     try:
@@ -87,41 +87,21 @@ def lr_find(model: nn.Module, train: Any, *, loss: str | Callable = "cross_entro
     return result
 
 
-def _is_real(value: Any) -> bool:
-    """A finite real number, NumPy's included (a bool is not a number here)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_arguments(start_lr, end_lr, steps, batch_size, weight_decay, smoothing) -> None:
     """One UsageError naming the first bad argument, before anything is copied or drawn."""
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if not _is_real(value) or value <= 0:
+        if not is_number(value) or value <= 0:
             raise UsageError(f"{name} must be a positive finite number, got {value!r}; the default sweep is 1e-7 to 10")
     if not start_lr < end_lr:
         raise UsageError(f"end_lr must be greater than start_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
     for name, value, minimum, typical in (("steps", steps, 5, "100 is typical"),
                                           ("batch_size", batch_size, 1, "64 is typical")):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        if not is_integer(value) or value < minimum:
             raise UsageError(f"{name} must be an integer of at least {minimum}, got {value!r}; {typical}")
-    if not _is_real(weight_decay) or weight_decay < 0:
+    if not is_number(weight_decay) or weight_decay < 0:
         raise UsageError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if smoothing is not None and (not _is_real(smoothing) or not 0 <= smoothing < 1):
+    if smoothing is not None and (not is_number(smoothing) or not 0 <= smoothing < 1):
         raise UsageError(f"smoothing is the EMA decay of the loss and must be in [0, 1), got {smoothing!r}")
-
-
-def _check_creatable(out: Path) -> None:
-    """Before the sweep, and creating nothing: the nearest existing folder on `out`'s path
-    must be a folder a file can be written in (an unnamed probe, gone when closed)."""
-    existing = out
-    try:
-        existing = next(path for path in (out, *out.parents) if path.exists())
-        if not existing.is_dir():
-            raise UsageError(f"cannot create the output folder {out}: {existing} is a file; pass another out")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        raise UsageError(f"cannot write in {existing}, for the output folder {out}: "
-                         f"{error.strerror or error}; pass another out") from None
 
 
 def _sweep(model, data, loss_fn, transforms, optimizer, weight_decay, start_lr, end_lr, steps, batch_size,

@@ -32,6 +32,14 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def write_json_atomically(path: Path, data: Any, indent: int | None = 2) -> None:
+    """Write `data` as JSON to `path` through a temporary file and a rename: a kill leaves
+    the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=indent, default=str))
+    os.replace(tmp, path)
+
+
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
 
 
@@ -92,12 +100,6 @@ def create_output_folder(out: Path) -> None:
         raise UsageError(f"cannot create output folder {out}: {err.strerror or err}; choose another --out") from None
 
 
-def prepare_output_folder(out: Path, resume: bool) -> None:
-    """check_output_folder, then create it (for callers with nothing to check in between)."""
-    check_output_folder(out, resume)
-    create_output_folder(out)
-
-
 class RunWriter:
     """Appends metrics to metrics.jsonl and TensorBoard; writes the JSON files."""
 
@@ -125,9 +127,7 @@ class RunWriter:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            tmp = self.folder / f".{name}.tmp"
-            tmp.write_text(json.dumps(data, indent=2, default=str))
-            os.replace(tmp, self.folder / name)
+            write_json_atomically(self.folder / name, data)
 
     def close(self) -> None:
         if self._metrics is not None:

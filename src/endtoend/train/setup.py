@@ -106,9 +106,11 @@ def run_identity(network: nn.Module, opt: torch.optim.Optimizer, *, recipe: Any,
 
 def run_record(network: nn.Module, opt: torch.optim.Optimizer, splits: dict[str, Any], *, config: dict | None,
                seed: int, batch_size: int, loss: Any, schedule: str, settings: dict[str, Any],
-               output_only: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+               output_only: dict[str, Any], with_data: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """(identity, config.json): what a resume must match, and every setting resolved. The
-    grouped settings (Clipping, Guard, Curriculum, Progressive) are recorded by `describe()`."""
+    grouped settings (Clipping, Guard, Curriculum, Progressive) are recorded by `describe()`.
+    The data's fingerprints (a hash of every split) are taken only `with_data`, when a run
+    directory is written: without one there is nothing to resume, and no reason to hash."""
     from endtoend.train.data import fingerprint
 
     curriculum, difficulty = settings["curriculum"]
@@ -120,7 +122,7 @@ def run_record(network: nn.Module, opt: torch.optim.Optimizer, splits: dict[str,
 
     identity = run_identity(network, opt, recipe=(config or {}).get("recipe"), seed=seed, batch_size=batch_size,
                             loss=loss, schedule=schedule, settings=settings,
-                            data={split: fingerprint(data) for split, data in splits.items()})
+                            data={split: fingerprint(data) if with_data else None for split, data in splits.items()})
     resolved = dict(config or {}, batch_size=batch_size, optimizer=type(opt).__name__, lr=opt.param_groups[0]["lr"],
                     weight_decay=opt.param_groups[0].get("weight_decay"), schedule=schedule, seed=seed,
                     loss=identity["loss"], **settings, **output_only, identity=identity)

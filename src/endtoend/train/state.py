@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from torch import nn
 from endtoend.errors import UsageError
 from endtoend.train import checkpoint as ckpt
 from endtoend.train.rng import capture_rng, restore_rng
+from endtoend.train.rundir import write_json_atomically
 from endtoend.train.stability import WeightEMA, first_non_finite
 
 EMA_PREFIX = "ema."
@@ -153,7 +153,8 @@ class Checkpointer:
                                  optimizer_tensors | self._extra_tensors(), saved,
                                  check=lambda existing: TrainState.from_saved(existing.state))
             if state.best_step is not None:  # rewritten every time, so it never points at a stale step
-                _write_json(self.root / "best.json", {"step": state.best_step, monitor: state.best_value})
+                write_json_atomically(self.root / "best.json", {"step": state.best_step, monitor: state.best_value},
+                                      indent=None)
             ckpt.prune_checkpoints(self.root, keep_last=self.keep_last,
                                    keep={state.best_step} if state.best_step is not None else set())
         except OSError as err:
@@ -266,8 +267,3 @@ def _host_copy(tree: Any) -> Any:
         return type(tree)(_host_copy(v) for v in tree)
     return copy.deepcopy(tree)
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)

@@ -14,7 +14,6 @@ which are about shapes and dtypes, become a UsageError naming the shapes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import traceback
 import warnings
@@ -26,15 +25,15 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.train.data import TensorData, as_data
+from endtoend.train.evaluate import eval_mode
 from endtoend.train.options import check_positive, is_integer, is_number
+from endtoend.sources import in_torch_or_endtoend
 from endtoend.train.schedules import SCHEDULES
 from endtoend.train.setup import check_choice
 
 AUDIT_MODES = ("warn", "error", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_ENDTOEND_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 CLASS_INDEX_LOSSES = {F.cross_entropy, F.nll_loss}
 REAL_TARGET_LOSSES = {F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy_with_logits}
 
@@ -151,7 +150,7 @@ def _converted_targets(split: str, targets: torch.Tensor, loss_fn: Callable, dty
         if targets.is_floating_point() and targets.dtype != dtype:
             return targets.to(dtype)
         return targets
-    if loss_fn in REAL_TARGET_LOSSES and targets.dtype != dtype and (targets.is_floating_point() or not targets.is_complex()):
+    if loss_fn in REAL_TARGET_LOSSES and targets.dtype != dtype and not targets.is_complex():
         if targets.dtype != torch.float64:
             note(f"{split} targets are {_name(targets.dtype)}: converted to the model's {_name(dtype)} for the loss")
         return targets.to(dtype)
@@ -178,7 +177,7 @@ def check_fits(split: str, network: nn.Module, loss_fn: Callable, metric_fns: di
     """One forward, loss and metrics on two rows of `split`, in eval mode, RNG untouched."""
     rows = (lambda v: v[:2] if isinstance(v, torch.Tensor) else v)
     inputs, targets = rows(inputs), rows(targets)
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), _eval(network):
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(network):
         stage = "forward"
         try:
             outputs = network(inputs)
@@ -240,8 +239,7 @@ def _raised_in_library(err: Exception) -> bool:
     frames = traceback.extract_tb(err.__traceback__)
     if not frames:
         return False
-    innermost = os.path.abspath(frames[-1].filename)
-    if innermost.startswith(_TORCH_DIR) or innermost.startswith(_ENDTOEND_DIR):
+    if in_torch_or_endtoend(os.path.abspath(frames[-1].filename)):
         return isinstance(err, (RuntimeError, ValueError, IndexError, TypeError, Warning))
     # A C-level torch op (x.view, x @ w) raises at the user's line with a builtin type; an
     # exception class the user defined, or one they raised themselves, is theirs.
@@ -251,24 +249,15 @@ def _raised_in_library(err: Exception) -> bool:
 def _user_site(err: Exception) -> str | None:
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
         path = os.path.abspath(frame.filename)
-        if not (path.startswith(_TORCH_DIR) or path.startswith(_ENDTOEND_DIR)):
-            return f"{os.path.relpath(path) if not path.startswith('..') else path}:{frame.lineno}"
+        if not in_torch_or_endtoend(path):
+            shown = os.path.relpath(path)  # relative to where the user runs, unless that climbs out
+            return f"{path if shown.startswith('..') else shown}:{frame.lineno}"
     return None
 
 
 def _add_note(err: Exception, note: str) -> None:
     if hasattr(err, "add_note"):  # Python 3.11+
         err.add_note(note)
-
-
-@contextlib.contextmanager
-def _eval(network: nn.Module):
-    was_training = network.training
-    network.eval()
-    try:
-        yield
-    finally:
-        network.train(was_training)
 
 
 def _shape(value: Any) -> str:
