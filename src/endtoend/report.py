@@ -60,7 +60,7 @@ def write_run_report(folder: Path) -> Path:
     names = sorted({name for _, name in series})
     parts = []
     if names:
-        fig = Figure(figsize=(4.2 * len(names), 3.2))
+        fig = Figure(figsize=(4.2 * len(names), 3.2), layout="constrained")  # no tick labels over the next panel
         axes = fig.subplots(1, len(names), squeeze=False)
         for ax, name in zip(axes[0], names):
             for (split, n), points in sorted(series.items()):
