@@ -4,7 +4,8 @@ The public surface, on purpose small (docs/api.md):
 
 - `fit` -> `Run`: one readable training loop writing a run directory with exact checkpoints;
   its grouped settings `Clipping`, `Guard`, `Curriculum`, `Progressive`; `lr_find` ->
-  `LRFindResult`; `weights_sha256` to compare two runs' weights.
+  `LRFindResult`; `weights_sha256` to compare two runs' weights; `metric` to give a per-batch
+  metric function a direction (higher or lower is better).
 - `audit` -> `AuditReport` of `Finding`s: every place where a model's gradient graph is cut.
 - `relax`: differentiable replacements for the ops that cut it.
 - `Objective`: named loss terms combined into one global objective.
@@ -22,11 +23,12 @@ from endtoend.errors import UsageError
 from endtoend.objective import Objective
 from endtoend.train import Clipping, Curriculum, Guard, Progressive, Run, fit, weights_sha256
 from endtoend.train.lr_find import LRFindResult, lr_find
+from endtoend.train.metrics import metric
 from endtoend.train.stability import WeightEMA, clip_gradients, init_weights
 
 __all__ = ["AuditReport", "Clipping", "Curriculum", "Finding", "Guard", "LRFindResult", "Objective", "Progressive",
-           "Run", "UsageError", "WeightEMA", "audit", "clip_gradients", "fit", "init_weights", "lr_find", "relax",
-           "weights_sha256"]
+           "Run", "UsageError", "WeightEMA", "audit", "clip_gradients", "fit", "init_weights", "lr_find", "metric",
+           "relax", "weights_sha256"]
 __version__ = "0.1.0"
 
 _MOVED = {name: "endtoend.pipeline" for name in ("Pipeline", "RegimeTraining", "StageObjective", "linear_probes",

@@ -59,7 +59,7 @@ def test_run_directory_holds_every_artifact(tmp_path):
     run = endtoend.fit(mlp(), (x, y), val=(x, y), test=(x, y), metrics=["accuracy"], epochs=2,
                        out=tmp_path / "run", progress=False, config={"recipe": "toy"})
     folder = tmp_path / "run"
-    for name in ("config.json", "metrics.jsonl", "summary.json", "report.html"):
+    for name in ("config.json", "metrics.jsonl", "summary.json", "report.html", "model.safetensors"):
         assert (folder / name).is_file(), name
     assert any((folder / "tb").iterdir())
     config = json.loads((folder / "config.json").read_text())
@@ -72,6 +72,44 @@ def test_run_directory_holds_every_artifact(tmp_path):
     checkpoints = sorted(p.name for p in (folder / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert checkpoints == ["step-00000004", "step-00000008"]
     assert "<img src=\"data:image/png;base64," in (folder / "report.html").read_text()
+
+
+class Scale(nn.Module):
+    def forward(self, x):
+        return x * 2.0
+
+
+@pytest.mark.parametrize("settings", [{}, {"ema": 0.9}, {"transforms": "scale"}], ids=["plain", "ema", "transforms"])
+@pytest.mark.usefixtures("one_thread_and_no_report")
+def test_the_final_weights_of_the_model_are_written_as_safetensors(tmp_path, settings):
+    from safetensors.torch import load_file
+
+    x, y = toy(64)
+    settings = dict(settings, transforms=Scale()) if "transforms" in settings else settings
+    run = endtoend.fit(mlp(), (x, y), epochs=2, batch_size=16, lr=1e-2, out=tmp_path, progress=False, audit="off",
+                       **settings)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert set(weights) == set(run.model.state_dict())  # the model's own names, no "model." prefix
+    fresh = mlp(seed=1)
+    fresh.load_state_dict(weights)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), run.model(x))
+    if "transforms" not in settings:  # then the network is the model, and weights_sha256 hashes the same
+        assert endtoend.weights_sha256(weights) == run.weights_sha256
+    assert json.loads((tmp_path / "summary.json").read_text())["model_file"] == "model.safetensors"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+    written = (tmp_path / "model.safetensors").stat().st_mtime_ns
+    again = endtoend.fit(mlp(), (x, y), epochs=2, batch_size=16, lr=1e-2, out=tmp_path, resume=True, progress=False,
+                         audit="off", **settings)  # already complete: nothing is rewritten
+    assert (tmp_path / "model.safetensors").stat().st_mtime_ns == written
+    assert again.weights_sha256 == run.weights_sha256
+
+
+def test_no_model_file_is_written_without_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    endtoend.fit(mlp(), toy(32), epochs=1, batch_size=16, progress=False, audit="off")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_only_the_last_three_and_the_best_checkpoints_are_kept(tmp_path):

@@ -1,4 +1,4 @@
-"""Losses and metrics by name, and evaluation over a split."""
+"""Losses by name, and evaluation over a split (metrics: train/metrics.py, re-exported here)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from endtoend.errors import UsageError
+from endtoend.train.metrics import HIGHER_IS_BETTER, METRICS, batch_size_of, on_device, resolve_metrics
+
+# HIGHER_IS_BETTER, METRICS and resolve_metrics live in train/metrics.py; kept importable from here.
+__all__ = ["HIGHER_IS_BETTER", "LOSSES", "METRICS", "batch_size_of", "eval_mode", "evaluate", "resolve_loss",
+           "resolve_metrics"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
-MetricFn = Callable[[Any, Any], torch.Tensor]
-
-
-def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows whose highest score is the target class."""
-    return (outputs.argmax(dim=-1) == targets).float().mean()
-
-
-def mean_absolute_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean |output - target| over elements of the same shape (no broadcasting: class logits
-    (B, C) against labels (B,) would silently compare every class score with the label)."""
-    if outputs.shape != targets.shape:
-        raise ValueError(f"mae compares outputs and targets of the same shape, got {tuple(outputs.shape)} and "
-                         f"{tuple(targets.shape)} (it is a regression metric)")
-    return (outputs - targets).abs().mean()
 
 
 LOSSES: dict[str, LossFn] = {
@@ -34,8 +24,6 @@ LOSSES: dict[str, LossFn] = {
     "l1": F.l1_loss,
     "bce_with_logits": F.binary_cross_entropy_with_logits,
 }
-METRICS: dict[str, MetricFn] = {"accuracy": accuracy, "mae": mean_absolute_error}
-HIGHER_IS_BETTER = {"accuracy": True, "mae": False, "loss": False}
 
 
 def resolve_loss(loss: str | LossFn) -> LossFn:
@@ -44,24 +32,6 @@ def resolve_loss(loss: str | LossFn) -> LossFn:
     if loss in LOSSES:
         return LOSSES[loss]
     raise UsageError(f"unknown loss {loss!r}; pass a callable or one of {', '.join(LOSSES)}")
-
-
-def resolve_metrics(metrics: Any) -> dict[str, MetricFn]:
-    if metrics is None:
-        return {}
-    if isinstance(metrics, dict):
-        return dict(metrics)
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    resolved = {}
-    for metric in metrics:
-        if callable(metric):
-            resolved[getattr(metric, "__name__", "metric")] = metric
-        elif metric in METRICS:
-            resolved[metric] = METRICS[metric]
-        else:
-            raise UsageError(f"unknown metric {metric!r}; pass a callable or one of {', '.join(METRICS)}")
-    return resolved
 
 
 @contextlib.contextmanager
@@ -78,24 +48,33 @@ def eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
         module.train(was_training)
 
 
-def batch_size_of(targets: Any) -> int:
-    return targets.shape[0] if isinstance(targets, torch.Tensor) and targets.dim() > 0 else 1
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, MetricFn]) -> dict[str, float]:
-    """Mean loss and metrics over `batches`, weighted by batch size; one device sync."""
-    totals: list[torch.Tensor] = []
-    count = 0
-    with eval_mode(model):
-        for inputs, targets in batches:
-            outputs = model(inputs)
-            n = batch_size_of(targets)
-            values = [loss_fn(outputs, targets)] + [fn(outputs, targets) for fn in metrics.values()]
-            row = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=values[0].device) for v in values]) * n
-            totals.append(row)
-            count += n
-    if not totals:
-        return {}
-    sums = torch.stack(totals).sum(0).tolist()
-    return {name: value / count for name, value in zip(["loss", *metrics], sums)}
+def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, Any]) -> dict[str, float]:
+    """The loss (a mean over rows, weighted by batch size) and every metric over the whole of
+    `batches`: each accumulator is reset, updated per batch and computed once (train/metrics.py),
+    so a corpus metric is its value over the split, not a mean of batch values. One device sync."""
+    live = dict(metrics)
+    for accumulator in live.values():
+        accumulator.reset()
+    loss_total, count = None, 0
+    try:
+        with eval_mode(model):
+            for inputs, targets in batches:
+                outputs = model(inputs)
+                if loss_total is None:
+                    live = {name: on_device(acc, outputs, targets) for name, acc in metrics.items()}
+                n = batch_size_of(targets)
+                weighted = loss_fn(outputs, targets).detach().to(torch.float64) * n
+                loss_total = weighted if loss_total is None else loss_total + weighted
+                count += n
+                for accumulator in live.values():
+                    accumulator.update(outputs, targets)
+        if loss_total is None:
+            return {}
+        values = [loss_total / count] + [accumulator.compute() for accumulator in live.values()]
+        row = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=loss_total.device).reshape(())
+                           for v in values]).tolist()
+    finally:
+        for accumulator in live.values():  # no state outlives the evaluation
+            accumulator.reset()
+    return dict(zip(["loss", *metrics], row))

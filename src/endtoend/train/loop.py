@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.objective import Objective
 from endtoend.train import flow
 from endtoend.train import validate as check
-from endtoend.train.checkpoint import weights_sha256
+from endtoend.train.checkpoint import MODEL_FILE, _cpu_copies, _fsync, weights_sha256
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
-from endtoend.train.evaluate import HIGHER_IS_BETTER, eval_mode, evaluate, resolve_loss, resolve_metrics
+from endtoend.train.evaluate import eval_mode, evaluate, resolve_loss
+from endtoend.train.metrics import direction, resolve_metrics
 from endtoend.train.memory import checkpoint_blocks, restore_blocks
 from endtoend.train.options import (Clipping, Curriculum, Guard, Progressive, as_clipping, as_curriculum, as_guard,
                                     as_progressive, reject_unknown_arguments)
@@ -66,7 +69,7 @@ class Run:
         return {"recipe": run_fields["recipe"], "seed": run_fields["seed"], "metrics": self.metrics,
                 "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3), "steps": self.steps,
                 "epochs": run_fields["epochs"], "device": run_fields["device"], "skipped_steps": self.skipped_steps,
-                "rollbacks": self.rollbacks, "stopped_early": self.stopped_early}
+                "rollbacks": self.rollbacks, "stopped_early": self.stopped_early, "model_file": MODEL_FILE}
 
 
 def fit(
@@ -140,7 +143,7 @@ def fit(
     per_epoch = steps_per_epoch(train_data, batch_size, world_size)
     total_steps = epochs * per_epoch
     bar.total_steps = total_steps
-    monitor_higher = HIGHER_IS_BETTER.get(monitor.split("_", 1)[-1], True)
+    monitor_higher = direction(monitor, metric_fns)
     trainable = list(network.parameters())  # clipped; the Objective's weights are not
     guarded = trainable + (list(objective.parameters()) if objective is not None else [])
 
@@ -300,6 +303,8 @@ def fit(
               weights_sha256=weights_sha256(network.state_dict()), seconds=seconds, steps=state.step,
               skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,
               audit=audit_report, config=resolved)
+    if writes:  # before summary.json, so a finished run directory always holds its model
+        _write_model_file(folder, model)
     writer.write_json("summary.json", run.summary(recipe=(config or {}).get("recipe"), seed=seed, epochs=epochs,
                                                   device=str(dev)))
     writer.close()
@@ -317,6 +322,22 @@ def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metr
     # An Objective evaluates in eval mode: GradNorm's balancing needs gradients, eval has none.
     with eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
         return evaluate(network, batches, loss_fn, metric_fns)
+
+
+def _write_model_file(folder: Path, model: nn.Module) -> None:
+    """The final weights of the user's model (not the transforms wrapper), for `e2e predict`:
+    written under a temporary name in the same folder, then renamed, so it is whole or absent."""
+    path, tmp = folder / MODEL_FILE, folder / f".{MODEL_FILE}.tmp"
+    try:
+        save_file(_cpu_copies(model.state_dict()), str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UsageError(f"could not write {path} ({type(err).__name__}: {err}); free space or fix permissions, "
+                             "then resume (the checkpoints are intact)") from None
+        raise
 
 
 def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,

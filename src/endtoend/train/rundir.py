@@ -4,7 +4,8 @@
     metrics.jsonl    one JSON object per logged value: step, epoch, split, name, value, time
     tb/              TensorBoard event files (the same values)
     checkpoints/     see endtoend.train.checkpoint
-    summary.json     final metrics and weights_sha256
+    model.safetensors  the final weights of the user's model (no transforms), written before summary.json
+    summary.json     final metrics, weights_sha256 and "model_file"
     report.html      curves and the final metrics table (endtoend.report)
 
 Only the main process (rank 0) writes; the other ranks get a writer whose methods do

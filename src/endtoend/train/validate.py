@@ -5,7 +5,8 @@ Two kinds of check:
 - `prepare_splits` / `check_fits`: the data against the model, on the device, before the
   first step: rows, dtypes (converting what has one obvious meaning, with a note), class
   indices in range over whole target tensors, and one forward + loss + metrics on two rows of
-  every split, so a shape mismatch in val or test is found now and not after an epoch.
+  every split (each metric reset before and after), so a shape mismatch in val or test is
+  found now and not after an epoch.
 
 The user's own exceptions (raised in their forward, loss or transforms) pass through
 unchanged, with a note saying where `fit` was; only errors raised inside torch or endtoend,
@@ -14,6 +15,7 @@ which are about shapes and dtypes, become a UsageError naming the shapes.
 
 from __future__ import annotations
 
+import numbers
 import os
 import traceback
 import warnings
@@ -26,6 +28,7 @@ from torch import nn
 from endtoend.errors import UsageError
 from endtoend.train.data import TensorData, as_data
 from endtoend.train.evaluate import eval_mode
+from endtoend.train.metrics import direction, on_device
 from endtoend.train.options import check_positive, is_integer, is_number
 from endtoend.sources import in_torch_or_endtoend
 from endtoend.train.schedules import SCHEDULES
@@ -89,9 +92,9 @@ def check_split_kind(split: str, data: Any, epochs: int) -> None:
                          "pass (inputs, targets) tensors or a DataLoader, which can be iterated again")
 
 
-def check_monitor(monitor: str | None, metric_fns: dict[str, Callable], *, has_val: bool, has_test: bool) -> str:
+def check_monitor(monitor: str | None, metric_fns: dict[str, Any], *, has_val: bool, has_test: bool) -> str:
     """The metric that picks the best epoch (default val_loss, else train_loss); it must be one
-    that the run computes. Metrics need val or test data to be computed on."""
+    that the run computes and whose direction is known. Metrics need val or test data."""
     if metric_fns and not (has_val or has_test):
         raise UsageError(f"metrics={list(metric_fns)} are computed on val and test data, but neither was given; "
                          "pass val= or test=")
@@ -100,6 +103,7 @@ def check_monitor(monitor: str | None, metric_fns: dict[str, Callable], *, has_v
     if monitor not in available:
         raise UsageError(f"monitor={monitor!r} is never computed; choose one of {', '.join(available)}"
                          + ("" if has_val else " (val_* names need val= data)"))
+    direction(monitor, metric_fns)  # a metric of unknown direction cannot pick the best epoch
     return monitor
 
 
@@ -172,7 +176,7 @@ def check_class_range(split: str, targets: torch.Tensor, outputs: Any, loss_fn: 
                          "or the model's last layer")
 
 
-def check_fits(split: str, network: nn.Module, loss_fn: Callable, metric_fns: dict[str, Callable],
+def check_fits(split: str, network: nn.Module, loss_fn: Callable, metric_fns: dict[str, Any],
                inputs: Any, targets: Any, whole_targets: torch.Tensor | None = None) -> None:
     """One forward, loss and metrics on two rows of `split`, in eval mode, RNG untouched."""
     rows = (lambda v: v[:2] if isinstance(v, torch.Tensor) else v)
@@ -191,10 +195,10 @@ def check_fits(split: str, network: nn.Module, loss_fn: Callable, metric_fns: di
                 # mse_loss & co. broadcast (B, 1) against (B,) with only a warning: make it an error.
                 warnings.filterwarnings("error", message=".*target size.*different to the input size")
                 value = loss_fn(outputs, targets)
-            for name, metric in metric_fns.items():
+            for name, accumulator in metric_fns.items():
                 stage = f"metric {name!r}"
-                result = metric(outputs, targets)
-                if not (isinstance(result, (torch.Tensor, float, int)) and torch.as_tensor(result).numel() == 1):
+                result = _metric_on_rows(accumulator, outputs, targets)
+                if not (isinstance(result, (torch.Tensor, numbers.Real)) and torch.as_tensor(result).numel() == 1):
                     raise UsageError(f"metric {name!r} must return one number, got {_shape(result)}")
         except UsageError:
             raise
@@ -206,6 +210,18 @@ def check_fits(split: str, network: nn.Module, loss_fn: Callable, metric_fns: di
                                        outputs if stage != "forward" else None, network)) from err
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         raise UsageError(f"the loss must return one scalar tensor, got {_shape(value)}")
+
+
+def _metric_on_rows(accumulator: Any, outputs: Any, targets: Any) -> Any:
+    """The metric's value on these rows alone; it is reset before and after, so the check
+    leaves no state behind for the first real evaluation."""
+    accumulator = on_device(accumulator, outputs, targets)
+    accumulator.reset()
+    try:
+        accumulator.update(outputs, targets)
+        return accumulator.compute()
+    finally:
+        accumulator.reset()
 
 
 def _describe(stage: str, split: str, err: Exception, inputs, targets, outputs, network) -> str:
