@@ -1,6 +1,8 @@
-"""Bundled data sets as tensors, seeded splits, and on-device transforms (nn.Modules)."""
+"""Bundled data sets as tensors, seeded splits, on-device transforms (nn.Modules), and one image
+file read as a model input (`read_image`)."""
 
 from endtoend.data.bundled import Splits, load_digits_images, load_mnist5k, stratified_splits
+from endtoend.data.images import read_image
 from endtoend.data.transforms import RandomAffine
 
-__all__ = ["RandomAffine", "Splits", "load_digits_images", "load_mnist5k", "stratified_splits"]
+__all__ = ["RandomAffine", "Splits", "load_digits_images", "load_mnist5k", "read_image", "stratified_splits"]
