@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from endtoend.report import _bar_limits, write_comparison_report
+from endtoend.report import write_comparison_report
+from endtoend.report.comparison import _bar_limits
 
 SECTIONS = ["<h2>Test ", "<table>", "<h2>Learning curves</h2>", "<h2>Latency</h2>",
             "<h2>Regimes and linear probes</h2>", "<h2>Gallery</h2>"]

@@ -1,0 +1,41 @@
+"""Shared pieces of report.html pages: the style sheet, inlined figures, tables, the page.
+
+Figures are `matplotlib.figure.Figure` objects, never pyplot: no backend is chosen at import,
+the user's pyplot state (a notebook's backend, open windows) is left alone, and a figure is
+freed when it goes out of scope (`savefig` to PNG renders with Agg by itself). Images are
+inlined as base64 PNG so that a report opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from matplotlib.figure import Figure
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+td.failed{color:#b00020;text-align:left}td.best{font-weight:bold}.note{color:#666;font-size:90%}
+.crossover{background:#fff6d5;border-left:4px solid #e0a800;padding:.6em 1em}"""
+
+
+def _figure_html(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
