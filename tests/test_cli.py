@@ -38,7 +38,7 @@ def no_training(monkeypatch):
     monkeypatch.setattr(run_module, "fit", refuse)
     monkeypatch.setattr(run_module, "lr_find", refuse)
     monkeypatch.setattr(run_module, "train_regime", refuse)
-    monkeypatch.setattr(run_module, "_staged_row", refuse)
+    monkeypatch.setattr(run_module, "_train_staged", refuse)
 
 
 def test_recipes_lists_one_line_each(capsys):
@@ -129,19 +129,40 @@ def test_compare_writes_comparison_json_and_report(tmp_path, capsys):
     assert code == 0
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["recipe"] == "stub" and comparison["metric"] == "accuracy"
-    assert comparison["higher_is_better"] is True and comparison["small"] is False
+    assert comparison["higher_is_better"] is True and comparison["small"] is False and comparison["seeds"] == [0]
     assert [(row["pipeline"], row["kind"]) for row in comparison["rows"]] == [
-        ("logistic regression", "staged"), ("end-to-end CNN", "end-to-end"), ("regime: joint", "end-to-end")]
+        ("logistic regression", "staged"), ("end-to-end", "end-to-end"), ("regime: joint", "end-to-end")]
     assert set(comparison["rows"][-1]["probes"]) == {"features", "classifier"}
     test_rows = len(get_recipe(STUB).load_data().test[1])
     for row in comparison["rows"]:  # every row is scored on the same test split
-        assert is_accuracy_over(test_rows, row["value"]) and row["parameters"] > 0
-    summary = json.loads((out / "end-to-end" / "summary.json").read_text())
+        assert is_accuracy_over(test_rows, row["value"]) and row["parameters"] > 0 and row["predict_ms_per_item"] > 0
+    summary = json.loads((out / "end-to-end" / "seed-0" / "summary.json").read_text())
     assert comparison["rows"][1]["value"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-6)
     assert "Regimes and linear probes" in (out / "report.html").read_text()
-    assert (out / "end-to-end" / "summary.json").is_file()
-    assert (out / "regimes" / "joint" / "joint" / "summary.json").is_file()
-    assert "logistic regression" in stdout and f"wrote {out / 'comparison.json'}" in stdout
+    assert comparison["end_to_end_run"] == str(out / "end-to-end" / "seed-0")
+    assert (out / "regimes" / "seed-0" / "joint" / "joint" / "summary.json").is_file()
+    assert "logistic regression" in stdout and "ms/item" in stdout and f"wrote {out / 'comparison.json'}" in stdout
+
+
+def test_compare_with_seeds_and_budgets_prints_means_and_the_crossover(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, stdout, _ = run_cli(capsys, "compare", STUB, "--out", out, "--no-progress", "--seeds", "0,1",
+                              "--budgets", "0.5,1.0")
+    assert code == 0 and "mean ± std over seeds 0,1" in stdout
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1] and comparison["budgets"] == [0.5, 1.0]
+    assert comparison["crossover"]["text"] in stdout  # printed whole, not wrapped
+
+
+@pytest.mark.parametrize("flag, value, expected", [("--seeds", "0,x", "expected comma-separated integers"),
+                                                   ("--budgets", "0.5,2", "budgets are fractions of the training set"),
+                                                   ("--budgets", "", "expected comma-separated fractions")])
+def test_bad_seeds_or_budgets_are_one_line_and_exit_2(tmp_path, capsys, no_training, flag, value, expected):
+    try:  # argparse's own type errors exit at once; the verb's range checks return 2
+        code, _, err = run_cli(capsys, "compare", STUB, "--out", tmp_path / "cmp", flag, value)
+    except SystemExit as exit_info:
+        code, err = exit_info.code, capsys.readouterr().err
+    assert code == 2 and one_line(err) and expected in err and not (tmp_path / "cmp").exists()
 
 
 def test_lr_find_writes_a_plot_and_suggests_a_value(tmp_path, capsys):

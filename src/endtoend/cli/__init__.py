@@ -1,5 +1,6 @@
 """`e2e`: the command line. Argv and printing only, one handler per verb; the work is done by
-endtoend.recipes.run (train, compare, demo, lr-find) and endtoend.cli.audit (audit).
+endtoend.recipes.run (train, compare, demo, lr-find), endtoend.recipes.predict (predict) and
+endtoend.cli.audit (audit).
 
 Bad input gets one line on stderr and exit code 2, before anything trains or is written;
 Ctrl-C gets one line saying what was left behind, and exit code 130.
@@ -49,6 +50,19 @@ def _comma_list(text: str) -> list[str]:
     return names
 
 
+def _number_list(kind: type, what: str, example: str):
+    """An argparse type: "0,1,2" -> [0, 1, 2] of `kind`; the values' range is checked by the verb."""
+    def parse(text: str) -> list:
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} such as {example}, got {text!r}")
+        return values
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="e2e", description="End-to-end training on PyTorch: audit the graph, "
                      "train one model by one loss, and measure it against the staged pipeline.")
@@ -85,12 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
                           "runs/RECIPE-TIMESTAMP", _compare)
     compare.add_argument("--regimes", type=_comma_list, metavar="LIST",
                          help="also train the recipe's pipeline under these regimes, e.g. staged,staged+joint,joint")
+    compare.add_argument("--seeds", type=_number_list(int, "integers", "0,1,2"), metavar="LIST",
+                         help="train every pipeline once per seed; rows show the mean and std (default: --seed)")
+    compare.add_argument("--budgets", type=_number_list(float, "fractions", "0.1,0.25,0.5,1.0"), metavar="LIST",
+                         help="also train on these fractions of the training set: learning curves and the crossover")
 
     demo = recipe_verb("demo", "e2e compare mnist5k: HOG pipelines vs a CNN from pixels", "runs/mnist5k-TIMESTAMP",
                        _compare, recipe=False, small=False)
-    demo.set_defaults(recipe="mnist5k", small=False, regimes=None)
+    demo.set_defaults(recipe="mnist5k", small=False, regimes=None, seeds=None, budgets=None)
     recipe_verb("lr-find", "learning-rate finder: exponential sweep, plot, suggested value",
                 "runs/RECIPE-lr-find-TIMESTAMP", _lr_find, progress=False)
+
+    predict = verbs.add_parser("predict", help="run a trained end-to-end model on raw files (RUN_DIR INPUT...)")
+    predict.set_defaults(handler=_predict)
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                         help="a finished run directory (e2e train --out, or OUT/end-to-end/seed-0 of e2e compare)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="raw input files, e.g. PNG images")
+    predict.add_argument("--json", action="store_true", help="print a JSON list of {input, ...prediction}")
+
+    new_recipe = verbs.add_parser("new-recipe", help="write a commented, working recipe file to start from")
+    new_recipe.set_defaults(handler=_new_recipe)
+    new_recipe.add_argument("path", type=Path, metavar="PATH.py", help="the file to write (must not exist)")
 
     audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY)")
     audit.set_defaults(handler=_audit)
@@ -139,11 +168,46 @@ def _compare(args: argparse.Namespace) -> int:
 
     recipe = get_recipe(args.recipe)
     regimes = run.check_regimes(recipe, args.regimes) if args.regimes else None
+    seeds = run.check_seeds(args.seeds or [args.seed])
+    budgets = run.check_budgets(args.budgets) if args.budgets else None
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
-    comparison = run.compare_recipe(recipe, args.out, seed=args.seed, small=args.small,
+    comparison = run.compare_recipe(recipe, args.out, seeds=seeds, budgets=budgets, small=args.small,
                                     progress=not args.no_progress, regimes=regimes, log=print)
     Console().print(comparison_table(comparison))
+    if "crossover" in comparison:
+        print(comparison["crossover"]["text"])
     print(f"wrote {args.out / 'comparison.json'} and {args.out / 'report.html'}")  # not rich: paths unwrapped
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from endtoend.recipes.predict import load_trained, one_line_prediction, predict_files
+
+    recipe, model, classes = load_trained(args.run_dir)
+    results = predict_files(recipe, model, args.inputs, classes)
+    if args.json:  # a JSON list, one input per line
+        print("[\n" + ",\n".join(f"  {json.dumps(r)}" for r in results) + "\n]")
+    else:
+        print("\n".join(one_line_prediction(r) for r in results))
+    return 0
+
+
+def _new_recipe(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    if args.path.suffix != ".py":
+        raise UsageError(f"{args.path}: a recipe file is a Python file; give a name ending in .py")
+    if args.path.exists():
+        raise UsageError(f"{args.path} already exists; choose another name (nothing was overwritten)")
+    text = files("endtoend.recipes").joinpath("template.py").read_text()
+    try:
+        with open(args.path, "x") as file:  # "x": never overwrite a file that appeared meanwhile
+            file.write(text)
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {args.path}: its folder {args.path.parent} does not exist") from None
+    print(f"wrote {args.path}: edit it, then run `e2e compare {args.path}` (the contract: docs/recipes.md)")
     return 0
 
 
@@ -161,20 +225,36 @@ def _lr_find(args: argparse.Namespace) -> int:
 
 
 def comparison_table(comparison: dict[str, Any]):
-    """comparison.json's rows as a rich Table: one row per pipeline, probes when there are any."""
+    """comparison.json's rows as a rich Table: the primary metric (mean ± std over seeds), every
+    other metric, train time, latency, throughput, size, and probes when there are any."""
     from rich.table import Table
 
-    table = Table(title=f"{comparison['recipe']}: test {comparison['metric']} (seed {comparison['seed']})")
-    with_probes = any("probes" in r for r in comparison["rows"])
-    columns = ("pipeline", "kind", comparison["metric"], "train s", "parameters") + (("probes",) if with_probes else ())
+    seeds, rows = comparison["seeds"], comparison["rows"]
+    direction = "higher is better" if comparison["higher_is_better"] else "lower is better"
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {','.join(map(str, seeds))}"
+    table = Table(title=f"{comparison['recipe']}: test {comparison['metric']} ({direction}; {over})")
+    extra = list(dict.fromkeys(m for r in rows for m in r.get("metrics", {}) if m != comparison["metric"]))
+    with_probes = any("probes" in r for r in rows)
+    columns = ("pipeline", "kind", comparison["metric"], *extra, "train s", "ms/item", "items/s", "parameters") + \
+        (("probes",) if with_probes else ())
     for column in columns:
         table.add_column(column, justify="left" if column in ("pipeline", "kind", "probes") else "right")
-    for r in comparison["rows"]:
-        cells = [r["pipeline"], r["kind"], f"{r['value']:.4f}", f"{r['train_seconds']:.1f}", f"{r['parameters']:,}"]
+    for r in rows:
+        if r.get("failed"):
+            table.add_row(r["pipeline"], r["kind"], f"failed: {r['failed']}", *["-"] * (len(columns) - 3))
+            continue
+        value = f"{r['value']:.4f}" + (f" ± {r['std']:.4f}" if len(seeds) > 1 else "")
+        cells = [r["pipeline"], r["kind"], value, *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in extra),
+                 f"{r['train_seconds']:.1f}", _shown(r["predict_ms_per_item"], ".3g"), _shown(r["items_per_second"], ",.0f"),
+                 f"{r['parameters']:,}"]
         if with_probes:
             cells.append(", ".join(f"{k} {v:.3f}" for k, v in r.get("probes", {}).items()))
         table.add_row(*cells)
     return table
+
+
+def _shown(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 # --- the edges: the output folder, Ctrl-C --------------------------------------------------
@@ -216,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.handler(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UsageError as error:  # one line per problem (e2e predict names each bad input)
+        for line in str(error).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     except OSError as error:  # the file system mid-run (a full disk, a folder gone): one line, the path
         where = f": {error.filename}" if error.filename else ""

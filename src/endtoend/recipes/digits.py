@@ -2,6 +2,7 @@
 
 Test split: 20%, stratified, random_state=0; 10% of the rest for validation.
 Staged: raw pixels + logistic regression, PCA + SVM. End-to-end: a small CNN from pixels.
+`e2e predict` reads image files (any size and mode) as 8x8 grayscale digits.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
 from torch import nn
 
-from endtoend.data import RandomAffine, Splits, load_digits_images, stratified_splits
+from endtoend.data import RandomAffine, Splits, load_digits_images, read_image, stratified_splits
 from endtoend.recipes.staged import Flatten
 
 NAME = "digits"
@@ -52,6 +53,17 @@ def training(small: bool = False) -> dict:
         transforms=RandomAffine(degrees=8, scale=0.08, translate=0.1),
     )
 
+
+# --- e2e predict: PNG (or any image) files in, a label and its probabilities out ----------------
+
+def read_input(path: str):
+    """One image file as the recipe's data is: grayscale, 8x8, light digit on dark, in [0, 1]."""
+    return read_image(path, size=(8, 8))
+
+
+def format_prediction(prediction, output) -> dict:
+    """The predicted label and the model's class probabilities (softmax of its logits)."""
+    return {"label": int(prediction), "probabilities": [round(p, 4) for p in output.softmax(-1).tolist()]}
 
 # --- the same CNN as named stages, for `e2e compare digits --regimes ...` ---------------------
 

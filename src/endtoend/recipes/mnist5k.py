@@ -3,6 +3,7 @@
 Test split: 1,000 images, stratified, random_state=0; 400 of the rest for validation.
 Staged: HOG features + logistic regression, HOG + SVM, raw pixels + logistic regression.
 End-to-end: a small CNN from pixels, with random affine augmentation on the device.
+`e2e predict` reads image files (any size and mode) as 28x28 grayscale digits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
-from endtoend.data import RandomAffine, Splits, load_mnist5k, stratified_splits
+from endtoend.data import RandomAffine, Splits, load_mnist5k, read_image, stratified_splits
 from endtoend.recipes.staged import HOG, Flatten
 
 NAME = "mnist5k"
@@ -64,6 +65,17 @@ def training(small: bool = False) -> dict:
         transforms=RandomAffine(degrees=11.5, scale=0.1, translate=0.06),
     )
 
+
+# --- e2e predict: PNG (or any image) files in, a label and its probabilities out ----------------
+
+def read_input(path: str):
+    """One image file as the recipe's data is: grayscale, 28x28, light digit on dark, in [0, 1]."""
+    return read_image(path, size=(28, 28))
+
+
+def format_prediction(prediction, output) -> dict:
+    """The predicted label and the model's class probabilities (softmax of its logits)."""
+    return {"label": int(prediction), "probabilities": [round(p, 4) for p in output.softmax(-1).tolist()]}
 
 # --- the same CNN as named stages, for `e2e compare mnist5k --regimes ...` --------------------
 

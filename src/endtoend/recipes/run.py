@@ -12,7 +12,9 @@ parses argv or draws a table: that is endtoend.cli. Progress lines go through `l
 from __future__ import annotations
 
 import json
-import time
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -20,14 +22,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from endtoend.data import Splits
 from endtoend.errors import UsageError
 from endtoend.pipeline import REGIMES, RegimeResult, linear_probes, train_regime
-from endtoend.recipes.staged import count_learned_numbers
+from endtoend.recipes import recipe_source
+from endtoend.recipes.contract import (SEE, ModelPredictor, count_parameters, fit_staged, is_classes, latency,
+                                       nested_subsets, predict_staged, score, size_of, take, timed, to_numpy)
 from endtoend.report import write_comparison_report
 from endtoend.train import Run, fit
+from endtoend.train.evaluate import resolve_metrics
 from endtoend.train.lr_find import LRFindResult, lr_find
 from endtoend.train.rng import seed_everything
 from endtoend.train.rundir import create_output_folder
+from endtoend.userfile import one_line
 
 
 def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
@@ -41,9 +48,32 @@ def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = 
     if epochs is not None:
         settings["epochs"] = epochs
     settings.update(overrides)
+    settings["metrics"] = _metrics_with_direction(recipe, settings.get("metrics"))
     return fit(model, data.train, val=data.val, test=data.test, out=out, seed=seed, resume=resume,
                checkpoint_every=checkpoint_every, progress=progress,
-               config={"recipe": recipe.NAME + (" --small" if small else "")}, **settings)
+               config=_run_config(recipe, small, data), **settings)
+
+
+def _run_config(recipe: ModuleType, small: bool, data: Splits) -> dict[str, Any]:
+    """What a run directory records of its recipe: `e2e predict` rebuilds the model from it."""
+    return {"recipe": recipe.NAME + (" --small" if small else ""), "recipe_source": recipe_source(recipe),
+            "small": small, "classes": is_classes(data.train[1])}
+
+
+def _metrics_with_direction(recipe: ModuleType, metrics: Any) -> dict[str, Any]:
+    """fit's metrics, the one named METRIC given the recipe's HIGHER_IS_BETTER when it has no
+    direction of its own (so `monitor="val_<METRIC>"` stops early the right way); a direction
+    that contradicts the recipe's is refused."""
+    resolved = resolve_metrics(metrics)
+    primary = resolved.get(recipe.METRIC)
+    if primary is not None:
+        own = getattr(primary, "higher_is_better", None)
+        if own is None:
+            primary.higher_is_better = recipe.HIGHER_IS_BETTER
+        elif own != recipe.HIGHER_IS_BETTER:
+            raise UsageError(f"recipe {recipe.NAME!r}: HIGHER_IS_BETTER = {recipe.HIGHER_IS_BETTER} but its metric "
+                             f"{recipe.METRIC!r} says higher is {'better' if own else 'worse'}; make them agree ({SEE})")
+    return resolved
 
 
 def lr_find_recipe(recipe: ModuleType, out: str | Path, *, seed: int = 0, small: bool = False,
@@ -77,127 +107,354 @@ def check_regimes(recipe: ModuleType, regimes: list[str]) -> list[str]:
 
 
 def compare_regimes(recipe: ModuleType, data: Any, regimes: list[str], *, seed: int = 0, small: bool = False,
-                    out: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train the recipe's pipeline under each regime on `data` (the recipe's Splits); one
-    comparison.json row per regime, with the linear probes. Run directories: out/regimes/<regime>/.
-
-    Every regime starts from the same initial weights (the pipeline is built after seeding).
-    """
+                    out: str | Path, progress: bool = True, measure: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, Cell]:
+    """Train the recipe's pipeline under each regime on `data` (the recipe's Splits), score it
+    with the recipe's `evaluate` like any other row, and add its linear probes. Run
+    directories: out/<regime>/. Every regime starts from the same initial weights (the pipeline
+    is built after seeding)."""
     regimes = check_regimes(recipe, regimes)
     settings = recipe.regime_training(small)
-    metric = f"test_{recipe.METRIC}"
+    classes = is_classes(data.train[1])
     results: dict[str, RegimeResult] = {}
-    rows = []
+    cells = {}
     for regime in regimes:
         log(f"training the pipeline under regime {regime} ...")
         seed_everything(seed)  # the same initial weights for every regime
         pipeline = recipe.build_pipeline(small)
-        started = time.time()
         result = train_regime(pipeline, regime, data.train, settings, val=data.val, test=data.test, seed=seed,
-                              out=Path(out) / "regimes" / regime, progress=progress,
+                              out=Path(out) / regime, progress=progress,
                               staged=results.get("staged") if regime == "staged+joint" else None,
-                              config={"recipe": recipe.NAME + (" --small" if small else "")})
+                              config=_run_config(recipe, small, data))
         results[regime] = result
-        probes = linear_probes(result.pipeline, data.train, data.test)
-        rows.append({"pipeline": f"regime: {regime}", "kind": "staged" if regime == "staged" else "end-to-end",
-                     "value": round(result.metrics[metric], 6), "train_seconds": round(result.seconds, 2),
-                     "parameters": sum(p.numel() for p in result.pipeline.parameters()), "probes": probes,
-                     "runs": {phase: str(run.folder) for phase, run in result.runs.items()}})
-        shown = ", ".join(f"{stage} {value:.4f}" for stage, value in probes.items())
-        log(f"  test {recipe.METRIC} {rows[-1]['value']:.4f} in {result.seconds:.1f}s "
-            f"(this call {time.time() - started:.1f}s); linear probes: {shown}")
-    return rows
+        cell = _score_model(recipe, result.pipeline, data.test, result.seconds, classes=classes,
+                            settings=settings.fit, measure=measure)
+        cell.extra = {"probes": linear_probes(result.pipeline, data.train, data.test),
+                      "runs": {phase: str(run.folder) for phase, run in result.runs.items()}}
+        cells[f"regime: {regime}"] = cell
+        shown = ", ".join(f"{stage} {value:.4f}" for stage, value in cell.extra["probes"].items())
+        log(_scored(recipe, cell) + f"; linear probes: {shown}")
+    return cells
 
 
-def _staged_row(name: str, pipeline, data, metric: Callable) -> dict[str, Any]:
-    x_train, y_train = data.numpy("train")
-    x_test, y_test = data.numpy("test")
-    started = time.time()
-    pipeline.fit(x_train, y_train)
-    seconds = time.time() - started
-    value = float(metric(pipeline.predict(x_test), y_test))
-    return {"pipeline": name, "kind": "staged", "value": round(value, 6),
-            "train_seconds": round(seconds, 2), "parameters": count_learned_numbers(pipeline)}
+# --- compare: every pipeline, every seed, every budget, scored by the recipe's evaluate ---------
+
+@dataclass
+class Cell:
+    """One pipeline trained once (at one seed, on one budget) and scored on the test split."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    failed: str | None = None
+    measures: dict[str, Any] = field(default_factory=dict)  # latency, throughput, size: first seed, full budget
+    predictions: Any = None                                 # kept for the gallery: first seed, full budget
+    predict: Callable[[Any], Any] | None = None             # kept to be timed once every training is done
+    extra: dict[str, Any] = field(default_factory=dict)     # a regime's probes and run folders
 
 
-def _accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float((predictions == targets).mean())
+def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[int, ...] = (0,),
+                   budgets: list[float] | None = None, small: bool = False, progress: bool = True,
+                   regimes: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The recipe's staged pipelines and its end-to-end model, each trained once per seed on the
+    same data and scored by the recipe's `evaluate`; writes out/comparison.json and
+    out/report.html into a fresh folder, and returns the comparison (docs/recipes.md).
 
-
-def compare_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
-                   progress: bool = True, regimes: list[str] | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Staged pipelines and the end-to-end model on the same split; writes out/comparison.json
-    and out/report.html into a fresh folder, and returns the comparison.
-
-    `regimes` (e.g. ["staged", "staged+joint", "joint"]) also trains the recipe's
-    `build_pipeline()` under each regime and adds one row per regime, with linear probes.
+    `budgets` (fractions of the training set, e.g. [0.1, 0.5, 1.0]) also trains every pipeline
+    on nested subsets of it and adds learning curves and the crossover. `regimes` (e.g.
+    ["staged", "staged+joint", "joint"]) adds one row per regime of the recipe's pipeline.
     """
     out = Path(out)
+    seeds = check_seeds(seeds)
+    curve_budgets = check_budgets(budgets) if budgets else None
+    trained_budgets = sorted(set(curve_budgets or []) | {1.0}, reverse=True)  # the full set first: the rows
     regimes = check_regimes(recipe, regimes) if regimes else []
-    data, pipelines = recipe_data(recipe, small), recipe_staged_pipelines(recipe, seed)
-    _check_metric(recipe, recipe_training(recipe, small))
+    data, settings = recipe_data(recipe, small), recipe_training(recipe, small)
+    recipe_staged_pipelines(recipe, seeds[0])  # checked before anything is written
     _fresh_folder(out, "compare")
-    rows = []
-    for name, pipeline in pipelines.items():
-        log(f"training staged pipeline: {name} ...")
-        rows.append(_staged_row(name, pipeline, data, _accuracy))
-        log(f"  test {recipe.METRIC} {rows[-1]['value']:.4f} in {rows[-1]['train_seconds']:.1f}s")
-    log("training the end-to-end model from raw input ...")
-    run = train_recipe(recipe, out / "end-to-end", seed=seed, small=small, progress=progress, data=data)
-    rows.append({"pipeline": "end-to-end " + type(run.model).__name__.replace("Sequential", "CNN"),
-                 "kind": "end-to-end", "value": round(run.metrics[f"test_{recipe.METRIC}"], 6),
-                 "train_seconds": round(run.seconds, 2),
-                 "parameters": sum(p.numel() for p in run.model.parameters())})
-    if regimes:
-        log(f"training the recipe's pipeline under the regimes: {', '.join(regimes)} ...")
-        rows += compare_regimes(recipe, data, regimes, seed=seed, small=small, out=out, progress=progress, log=log)
-    comparison = {"recipe": recipe.NAME, "metric": recipe.METRIC, "higher_is_better": recipe.HIGHER_IS_BETTER,
-                  "seed": seed, "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end"),
+    train_inputs, train_targets = data.train
+    test_inputs, test_targets = data.test
+    classes = is_classes(train_targets)
+    cells: dict[str, dict[tuple[int, float], Cell]] = defaultdict(dict)
+    kinds: dict[str, str] = {}
+    for seed in seeds:
+        subsets = nested_subsets(train_targets, trained_budgets, seed)
+        for budget in trained_budgets:
+            train = (take(train_inputs, subsets[budget]), take(train_targets, subsets[budget]))
+            first = seed == seeds[0] and budget == 1.0
+            where = f"seed {seed}" + ("" if budget == 1.0 else f", {budget:.0%} of train = {len(subsets[budget])} items")
+            for name, pipeline in recipe_staged_pipelines(recipe, seed).items():
+                log(f"training staged pipeline: {name} ({where}) ...")
+                cell = cells[name][seed, budget] = _train_staged(recipe, pipeline, train, data.test, measure=first)
+                kinds[name] = "staged"
+                log(f"  failed: {cell.failed}" if cell.failed else _scored(recipe, cell))
+            log(f"training the end-to-end model from raw input ({where}) ...")
+            folder = out / "end-to-end" / (f"seed-{seed}" if budget == 1.0 else f"seed-{seed}-budget-{budget:g}")
+            epochs = None if budget == 1.0 else _epochs_for(settings, size_of(train_targets), size_of(train[1]))
+            run = train_recipe(recipe, folder, seed=seed, small=small, progress=progress, epochs=epochs,
+                               data=Splits(train=train, val=data.val, test=data.test))
+            cell = cells[END_TO_END][seed, budget] = _score_model(recipe, run.model, data.test, run.seconds,
+                                                                   classes=classes, settings=settings, measure=first)
+            kinds[END_TO_END] = "end-to-end"
+            log(_scored(recipe, cell))
+        if regimes:
+            log(f"training the recipe's pipeline under the regimes: {', '.join(regimes)} (seed {seed}) ...")
+            for name, cell in compare_regimes(recipe, data, regimes, seed=seed, small=small, measure=seed == seeds[0],
+                                              out=out / "regimes" / f"seed-{seed}", progress=progress, log=log).items():
+                cells[name][seed, 1.0] = cell
+                kinds[name] = "staged" if name == "regime: staged" else "end-to-end"
+
+    measure_speed({name: by_run[seeds[0], 1.0] for name, by_run in cells.items()}, test_inputs, log)
+    rows = [_row(recipe, name, kinds[name], [cells[name][seed, 1.0] for seed in seeds]) for name in cells]
+    comparison = {"recipe": recipe.NAME, "description": recipe.DESCRIPTION, "metric": recipe.METRIC,
+                  "higher_is_better": recipe.HIGHER_IS_BETTER, "seeds": seeds, "budgets": sorted(trained_budgets),
+                  "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end" / f"seed-{seeds[0]}"),
                   "torch": torch.__version__}
+    if curve_budgets:
+        subsets = nested_subsets(train_targets, trained_budgets, seeds[0])
+        curves = {name: [_curve_point(recipe, budget, len(subsets[budget]), [by_run[seed, budget] for seed in seeds])
+                         for budget in sorted(trained_budgets)]
+                  for name, by_run in cells.items() if not name.startswith("regime: ")}
+        comparison["learning_curves"] = curves
+        comparison["crossover"] = crossover(curves, kinds, recipe.HIGHER_IS_BETTER)
+    images = test_inputs if _are_images(test_inputs) else None
+    if images is not None:
+        comparison["gallery"] = gallery({name: by_run[seeds[0], 1.0].predictions for name, by_run in cells.items()},
+                                        test_targets, focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
-    write_comparison_report(out, comparison)
+    write_comparison_report(out, comparison, images=images)
     return comparison
+
+
+END_TO_END = "end-to-end"
+
+
+def check_seeds(seeds: Any) -> list[int]:
+    seeds = list(dict.fromkeys(seeds))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**64 for s in seeds):
+        raise UsageError(f"seeds must be non-negative integers such as 0,1,2, got {seeds!r}")
+    return seeds
+
+
+def check_budgets(budgets: Any) -> list[float]:
+    """Fractions of the training set in (0, 1], sorted, repeats dropped."""
+    bad = [b for b in budgets if not isinstance(b, (int, float)) or isinstance(b, bool) or not 0 < b <= 1]
+    if bad or not budgets:
+        raise UsageError(f"budgets are fractions of the training set in (0, 1], such as 0.1,0.25,0.5,1.0; "
+                         f"got {bad[0] if bad else 'none'}")
+    return sorted({float(b) for b in budgets})
+
+
+def _epochs_for(settings: dict[str, Any], full: int, items: int) -> int:
+    """Epochs on a budget that give the end-to-end model as many optimizer steps as on the full
+    set: a small budget is less data, not also a shorter training."""
+    epochs, batch = settings.get("epochs", 10), settings.get("batch_size", 64)
+    steps = lambda n: max(n // batch, 1)  # noqa: E731 - as fit counts them: the last partial batch is dropped
+    return max(epochs, math.ceil(epochs * steps(full) / steps(items)))
+
+
+def _train_staged(recipe: ModuleType, pipeline: Any, train: tuple, test: tuple, *, measure: bool) -> Cell:
+    """Fit one staged pipeline and score it; an exception in its own code is its row's result
+    (marked failed, one line), not the end of the comparison. A broken contract still raises."""
+    try:
+        _, seconds = timed(lambda: fit_staged(pipeline, *train))
+        predictions = predict_staged(pipeline, test[0])
+        cell = Cell(score(recipe, predictions, test[1]), seconds)
+        if measure:
+            cell.predictions, cell.predict = predictions, lambda inputs: predict_staged(pipeline, inputs)
+            cell.measures = {"parameters": count_parameters(pipeline)}
+        return cell
+    except UsageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's pipeline may raise anything
+        return Cell(failed=one_line(error))
+
+
+def _score_model(recipe: ModuleType, model: torch.nn.Module, test: tuple, seconds: float, *, classes: bool,
+                 settings: dict[str, Any], measure: bool) -> Cell:
+    """Score a trained end-to-end model (or a regime's pipeline) like a staged pipeline."""
+    predictor = ModelPredictor(recipe, model, classes=classes, batch_size=settings.get("batch_size", 64))
+    predictions = predictor.predict(test[0])
+    cell = Cell(score(recipe, predictions, test[1]), seconds)
+    if measure:
+        cell.predictions, cell.predict = predictions, predictor.predict
+        cell.measures = {"parameters": count_parameters(model)}
+    return cell
+
+
+def measure_speed(cells: dict[str, Cell], inputs: Any, log: Callable[[str], None]) -> None:
+    """Latency and throughput of every pipeline on the test inputs, measured one pipeline after
+    another once all training is done (right after a training the machine is still busy, and
+    the first call pays for lazy initialisation: one warm-up call each)."""
+    log("timing predictions on the test inputs ...")
+    for name, cell in cells.items():
+        if cell.predict is None:
+            continue
+        try:
+            cell.predict(inputs[0:1])
+            _, seconds = timed(lambda: cell.predict(inputs))
+            cell.measures.update(predict_ms_per_item=latency(cell.predict, inputs),
+                                 items_per_second=size_of(inputs) / seconds)
+        except UsageError:
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. a pipeline that cannot predict a single item
+            log(f"  could not time {name}: {one_line(error)}")
+            cell.measures.update(predict_ms_per_item=None, items_per_second=None)
+
+
+def _scored(recipe: ModuleType, cell: Cell) -> str:
+    return f"  test {recipe.METRIC} {cell.scores[recipe.METRIC]:.4f} in {cell.seconds:.1f}s"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _row(recipe: ModuleType, name: str, kind: str, runs: list[Cell]) -> dict[str, Any]:
+    """One row of comparison.json: the primary metric's mean, std and per-seed values, every
+    metric's mean, and the first seed's latency, throughput and size."""
+    row: dict[str, Any] = {"pipeline": name, "kind": kind}
+    failed = next((cell.failed for cell in runs if cell.failed), None)
+    if failed:
+        return {**row, "value": None, "failed": failed}
+    values = [cell.scores[recipe.METRIC] for cell in runs]
+    mean, std = _mean_std(values)
+    row.update(value=round(mean, 6), std=round(std, 6), values=[round(v, 6) for v in values],
+               metrics={metric: round(float(np.mean([cell.scores[metric] for cell in runs])), 6)
+                        for metric in runs[0].scores},
+               train_seconds=round(float(np.mean([cell.seconds for cell in runs])), 2))
+    measures = runs[0].measures
+    row.update(predict_ms_per_item=_rounded(measures.get("predict_ms_per_item"), 4),
+               items_per_second=_rounded(measures.get("items_per_second"), 1), parameters=measures["parameters"])
+    return {**row, **runs[0].extra}
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _curve_point(recipe: ModuleType, budget: float, items: int, runs: list[Cell]) -> dict[str, Any]:
+    point: dict[str, Any] = {"budget": budget, "items": items}
+    failed = next((cell.failed for cell in runs if cell.failed), None)
+    if failed:
+        return {**point, "value": None, "failed": failed}
+    mean, std = _mean_std([cell.scores[recipe.METRIC] for cell in runs])
+    return {**point, "value": round(mean, 6), "std": round(std, 6)}
+
+
+def crossover(curves: dict[str, list[dict[str, Any]]], kinds: dict[str, str], higher_is_better: bool) -> dict[str, Any]:
+    """The smallest budget at which end-to-end is at least as good as the best staged pipeline
+    at that budget, in words (or that it never is, and by how much it trails at the largest)."""
+    better = max if higher_is_better else min
+    staged = [name for name in curves if kinds.get(name) == "staged"]
+    ours = curves[END_TO_END]
+    gap = None
+    for i, point in enumerate(ours):
+        rivals = [(curves[name][i]["value"], name) for name in staged if curves[name][i]["value"] is not None]
+        if point["value"] is None or not rivals:
+            continue
+        best, best_name = better(rivals)
+        gap = (point["value"], best, best_name, point)
+        if (point["value"] >= best) if higher_is_better else (point["value"] <= best):
+            return {"budget": point["budget"], "items": point["items"],
+                    "text": f"End-to-end is at least as good as the best staged pipeline from {point['budget']:.0%} "
+                            f"of the training set ({point['items']} items) on the budgets measured: "
+                            f"{point['value']:.4f} against {best_name}'s {best:.4f}."}
+    if gap is None:
+        return {"budget": None, "items": None, "text": "No budget has both an end-to-end and a staged result."}
+    value, best, best_name, point = gap
+    return {"budget": None, "items": None,
+            "text": f"End-to-end never matches the best staged pipeline on the budgets measured: at "
+                    f"{point['budget']:.0%} ({point['items']} items) it scores {value:.4f} against "
+                    f"{best_name}'s {best:.4f}."}
+
+
+def _are_images(inputs: Any) -> bool:
+    return isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 4 and inputs.shape[1] in (1, 3)
+
+
+def best_staged(rows: list[dict[str, Any]], higher_is_better: bool) -> str | None:
+    scored = [(row["value"], row["pipeline"]) for row in rows if row["kind"] == "staged" and row["value"] is not None
+              and not row["pipeline"].startswith("regime: ")]
+    return (max if higher_is_better else min)(scored)[1] if scored else None
+
+
+def gallery(predictions: dict[str, Any], targets: Any, limit: int = 12,
+            focus: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Test items on which the pipelines' predictions disagree (`limit` of them, in test order),
+    with each pipeline's prediction: labels only, the pipelines that predicted something else
+    skipped. Items where the two `focus` pipelines (end-to-end and the best staged one)
+    disagree come first: they show what the choice between them changes."""
+    targets = np.asarray(to_numpy(targets))
+    labels = {}
+    for name, value in predictions.items():
+        value = np.asarray(to_numpy(value)) if value is not None else None
+        if value is not None and value.shape == targets.shape and targets.ndim == 1:
+            labels[name] = value
+    if len(labels) < 2:
+        return []
+    stacked = np.stack(list(labels.values()))
+    disagree = np.flatnonzero((stacked != stacked[0]).any(axis=0))
+    if focus and all(name in labels for name in focus):
+        split = labels[focus[0]][disagree] != labels[focus[1]][disagree]
+        disagree = np.concatenate([disagree[split], disagree[~split]])
+    disagree = disagree[:limit]
+    return [{"index": int(i), "target": targets[i].item(),
+             "predictions": {name: value[i].item() for name, value in labels.items()}} for i in disagree]
 
 
 # --- the recipe's parts, checked where they are called: a wrong one is one line naming it ----------
 
-def recipe_data(recipe: ModuleType, small: bool):
+def recipe_data(recipe: ModuleType, small: bool) -> Splits:
+    """load_data's Splits: train, val and test, each a pair (inputs, targets) of equal length."""
     data = recipe.load_data(small)
     if not all(hasattr(data, split) for split in ("train", "val", "test")):
         raise UsageError(f"recipe {recipe.NAME!r}: load_data() must return endtoend.data.Splits(train=, val=, "
-                         f"test=), got {type(data).__name__}")
+                         f"test=), got {type(data).__name__} ({SEE})")
+    for split in ("train", "val", "test"):
+        pair = getattr(data, split)
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise UsageError(f"recipe {recipe.NAME!r}: load_data().{split} must be a pair (inputs, targets), got "
+                             f"{type(pair).__name__} ({SEE})")
+        inputs, targets = size_of(pair[0]), size_of(pair[1])
+        if inputs != targets or inputs == 0:
+            raise UsageError(f"recipe {recipe.NAME!r}: load_data().{split} has {inputs} inputs and {targets} targets; "
+                             f"a split needs one target per input, and at least one ({SEE})")
     return data
 
 
+SET_BY_COMPARE = ("val", "test", "out", "seed", "resume", "checkpoint_every", "progress", "config")
+
+
 def recipe_training(recipe: ModuleType, small: bool) -> dict[str, Any]:
+    """training()'s fit arguments, without the ones the commands set themselves."""
     settings = recipe.training(small)
     if not isinstance(settings, dict):
         raise UsageError(f"recipe {recipe.NAME!r}: training() must return a dict of endtoend.fit arguments, "
-                         f"got {type(settings).__name__}")
+                         f"got {type(settings).__name__} ({SEE})")
+    taken = [key for key in SET_BY_COMPARE if key in settings]
+    if taken:
+        raise UsageError(f"recipe {recipe.NAME!r}: training() sets {', '.join(taken)}, which the commands set "
+                         f"themselves (the data from load_data, --seed, --out, ...); remove {'it' if len(taken) == 1 else 'them'} "
+                         f"({SEE})")
     return dict(settings)
 
 
 def recipe_staged_pipelines(recipe: ModuleType, seed: int) -> dict[str, Any]:
+    """staged_pipelines' {name: pipeline}, each with fit() and predict(), named apart from the
+    rows compare adds itself."""
     pipelines = recipe.staged_pipelines(seed)
     if not isinstance(pipelines, dict):
-        raise UsageError(f"recipe {recipe.NAME!r}: staged_pipelines() must return {{name: estimator}}, "
-                         f"got {type(pipelines).__name__}")
+        raise UsageError(f"recipe {recipe.NAME!r}: staged_pipelines() must return {{name: pipeline}}, "
+                         f"got {type(pipelines).__name__} ({SEE})")
     for name, pipeline in pipelines.items():
-        if not (hasattr(pipeline, "fit") and hasattr(pipeline, "predict")):
-            raise UsageError(f"recipe {recipe.NAME!r}: staged pipeline {name!r} needs fit() and predict() "
-                             f"(a scikit-learn estimator), got {type(pipeline).__name__}")
+        if not isinstance(name, str) or not name.strip() or name == END_TO_END or name.startswith("regime: "):
+            raise UsageError(f"recipe {recipe.NAME!r}: staged pipeline names must be non-empty strings other than "
+                             f"{END_TO_END!r} and 'regime: ...', got {name!r} ({SEE})")
+        if not (callable(getattr(pipeline, "fit", None)) and callable(getattr(pipeline, "predict", None))):
+            raise UsageError(f"recipe {recipe.NAME!r}: staged pipeline {name!r} needs fit(inputs, targets) and "
+                             f"predict(inputs) (a scikit-learn estimator qualifies), got {type(pipeline).__name__} "
+                             f"({SEE})")
     return pipelines
-
-
-def _check_metric(recipe: ModuleType, settings: dict[str, Any]) -> None:
-    """The comparison reads test_<METRIC> from the end-to-end run: it must be computed."""
-    from endtoend.train.evaluate import resolve_metrics
-
-    computed = ["loss", *resolve_metrics(settings.get("metrics"))]
-    if recipe.METRIC not in computed:
-        raise UsageError(f"recipe {recipe.NAME!r}: METRIC = {recipe.METRIC!r} is not among what its training() "
-                         f"computes ({', '.join(computed)}); add it to training()['metrics'] or change METRIC")
 
 
 def _fresh_folder(out: Path, verb: str) -> None:

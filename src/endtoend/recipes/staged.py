@@ -1,4 +1,5 @@
-"""Pieces shared by the staged (non-end-to-end) baselines: hand-crafted features, sizes."""
+"""Pieces shared by the staged (non-end-to-end) baselines: hand-crafted features as
+scikit-learn steps. (Their learned numbers are counted by endtoend.recipes.contract.)"""
 
 from __future__ import annotations
 
@@ -28,20 +29,3 @@ def Flatten() -> FunctionTransformer:  # noqa: N802 - reads as a pipeline step
 
 def HOG(**kwargs) -> FunctionTransformer:  # noqa: N802
     return FunctionTransformer(hog_features, kw_args=kwargs)
-
-
-def count_learned_numbers(estimator) -> int:
-    """Learned floating-point numbers of a fitted sklearn estimator or pipeline.
-
-    Counts every fitted array attribute (sklearn's trailing-underscore convention) with a
-    float dtype: coefficients, intercepts, support vectors, PCA components, scaler means.
-    Hand-crafted feature steps learn nothing and count 0.
-    """
-    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else [estimator]
-    total = 0
-    for step in steps:
-        for name, value in vars(step).items():
-            if name.endswith("_") and not name.startswith("_") and isinstance(value, np.ndarray) \
-                    and np.issubdtype(value.dtype, np.floating):
-                total += value.size
-    return total

@@ -1,0 +1,116 @@
+"""`e2e predict`: a trained end-to-end model, loaded from its run directory, on raw files.
+
+The run directory's config.json names the recipe (a built-in name, or the path of the user's
+file) and its size (`--small`); model.safetensors holds the final weights. The recipe's
+`read_input(path)` turns one file into one input, its `predict` (or the default) turns the
+model's output into a prediction, and `format_prediction(prediction, output)` into JSON fields.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from endtoend.errors import UsageError
+from endtoend.recipes.contract import SEE, ModelPredictor, to_device
+from endtoend.train.evaluate import eval_mode
+from endtoend.userfile import one_line
+
+MODEL_FILE = "model.safetensors"
+
+
+def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
+    """(recipe, model with the run's final weights, whether its targets are classes) from a
+    finished run directory. Raises UsageError (one line) for anything missing or mismatched."""
+    from safetensors.torch import load_file
+
+    from endtoend.recipes import get_recipe
+
+    run_dir = Path(run_dir)
+    example = "the folder of a finished `e2e train` run, or OUT/end-to-end/seed-0 of `e2e compare`"
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; give {example}")
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{run_dir} is not a run directory (no readable config.json); give {example}") from None
+    weights = run_dir / MODEL_FILE
+    if not weights.is_file():
+        raise UsageError(f"{run_dir} has no finished model ({MODEL_FILE} is written when training ends); finish "
+                         f"the run first, e.g. `e2e train {config.get('recipe_source', 'RECIPE')} --out {run_dir} "
+                         f"--resume`")
+    source = config.get("recipe_source") or str(config.get("recipe", "")).replace(" --small", "")
+    recipe = get_recipe(source)
+    model = recipe.build_model(bool(config.get("small", False)))
+    try:
+        model.load_state_dict(load_file(weights))
+    except Exception as error:  # noqa: BLE001 - a damaged file or a recipe changed since training
+        raise UsageError(f"the weights in {weights} do not fit recipe {recipe.NAME!r}'s model ({one_line(error)}); "
+                         "was the recipe changed after training?") from None
+    return recipe, model, bool(config.get("classes", False))
+
+
+def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classes: bool) -> list[dict[str, Any]]:
+    """One {"input": path, ...prediction fields} per file. Every file is read before any is
+    predicted: a missing or unreadable one raises UsageError naming each (one line each)."""
+    if not callable(getattr(recipe, "read_input", None)):
+        raise UsageError(f"recipe {recipe.NAME!r} defines no read_input(path), so `e2e predict` cannot turn a file "
+                         f"into its input ({SEE})")
+    inputs, problems = [], []
+    for path in paths:
+        if not Path(path).is_file():
+            problems.append(f"{path}: no such file")
+            continue
+        try:
+            inputs.append(recipe.read_input(path))
+        except UsageError as error:
+            problems.append(str(error) if path in str(error) else f"{path}: {error}")
+        except Exception as error:  # noqa: BLE001 - the recipe's reader may raise anything
+            problems.append(f"{path}: could not read it ({one_line(error)})")
+    if problems:
+        raise UsageError("\n".join(problems))
+    predictor = ModelPredictor(recipe, model, classes=classes, batch_size=1)
+    results = []
+    for path, item in zip(paths, inputs):
+        batch = torch.stack([item]) if isinstance(item, torch.Tensor) else [item]
+        prediction = _first(predictor.predict(batch))
+        with eval_mode(model), torch.inference_mode():
+            output = _first(model(to_device(batch, predictor.device))).cpu()
+        fields = (recipe.format_prediction(prediction, output) if hasattr(recipe, "format_prediction")
+                  else {"prediction": prediction})
+        results.append({"input": path, **json_ready(fields)})
+    return results
+
+
+def _first(batch: Any) -> Any:
+    return batch[0]
+
+
+def json_ready(value: Any) -> Any:
+    """Tensors, arrays and numpy scalars as plain Python values, recursively."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def one_line_prediction(result: dict[str, Any]) -> str:
+    """`path: label 7, ...`: scalar fields as they are, short lists inline, long ones counted."""
+    shown = []
+    for name, value in result.items():
+        if name == "input":
+            continue
+        text = json.dumps(value)
+        shown.append(f"{name} {text if len(text) <= 60 else f'[{len(value)} values]'}")
+    return f"{result['input']}: {', '.join(shown)}"
