@@ -313,3 +313,23 @@ def test_the_end_to_end_row_is_scored_by_the_recipes_evaluate_like_the_staged_ro
     assert "learning_curves" not in comparison and "gallery" not in comparison  # no budgets; not images
 
 
+
+
+def test_the_recipes_direction_reaches_fits_early_stopping_and_a_contradiction_is_refused(tmp_path, monkeypatch):
+    from endtoend.recipes import run
+
+    errors = ("\ndef errors(outputs, targets):\n    return (outputs.argmax(-1) != targets).float().mean()\n"
+              "def evaluate(p, t):\n    return {'errors': float((p != t).mean())}\n")
+    path = recipe_file(tmp_path, 'METRIC = "accuracy"', 'METRIC = "errors"', extra=errors)
+    text = Path(path).read_text().replace("HIGHER_IS_BETTER = True", "HIGHER_IS_BETTER = False").replace(
+        'metrics=["accuracy"], epochs=1', 'metrics=[errors], monitor="val_errors", early_stopping=2, epochs=2')
+    Path(path).write_text(text)
+    recipe = get_recipe(path)
+    seen = {}
+    monkeypatch.setattr(run, "fit", lambda model, train, **kwargs: seen.update(kwargs))
+    run.train_recipe(recipe, tmp_path / "out", progress=False)
+    assert seen["metrics"]["errors"].higher_is_better is False  # the recipe's direction, given to fit
+    assert seen["monitor"] == "val_errors"
+    contradicting = get_recipe(recipe_file(tmp_path, "HIGHER_IS_BETTER = True", "HIGHER_IS_BETTER = False"))
+    with pytest.raises(UsageError, match="HIGHER_IS_BETTER = False but its metric 'accuracy' says higher is better"):
+        run.train_recipe(contradicting, tmp_path / "out2", progress=False)

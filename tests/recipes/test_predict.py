@@ -73,6 +73,8 @@ def test_predict_names_each_bad_input_in_one_line_and_exits_2(digits_run, tmp_pa
     lines = err.splitlines()
     assert code == 2 and out == "" and len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "missing.png: no such file" in lines[0] and "notes.png" in lines[1]
+    code, _, err = run_cli(capsys, "predict", digits_run, tmp_path)
+    assert code == 2 and err == f"error: {tmp_path}: a folder, not a file\n"
 
 
 def test_predict_needs_a_finished_run_directory(digits_run, tmp_path, capsys):

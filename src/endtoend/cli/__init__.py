@@ -173,7 +173,8 @@ def _compare(args: argparse.Namespace) -> int:
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
     comparison = run.compare_recipe(recipe, args.out, seeds=seeds, budgets=budgets, small=args.small,
                                     progress=not args.no_progress, regimes=regimes, log=print)
-    Console().print(comparison_table(comparison))
+    # Piped to a file rich would wrap at 80 columns; the table has up to a dozen of them.
+    Console(width=None if sys.stdout.isatty() else 160).print(comparison_table(comparison))
     if "crossover" in comparison:
         print(comparison["crossover"]["text"])
     print(f"wrote {args.out / 'comparison.json'} and {args.out / 'report.html'}")  # not rich: paths unwrapped

@@ -65,7 +65,7 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
     inputs, problems = [], []
     for path in paths:
         if not Path(path).is_file():
-            problems.append(f"{path}: no such file")
+            problems.append(f"{path}: {'a folder, not a file' if Path(path).is_dir() else 'no such file'}")
             continue
         try:
             inputs.append(recipe.read_input(path))

@@ -86,18 +86,36 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage (tied weights), so every entry is
     # written from its own contiguous CPU copy.
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_model_file(folder: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """A finished run's final weights as folder/model.safetensors (the user's model, not the
+    transforms wrapper), for `e2e predict`: written under a temporary name, synced, then
+    renamed, so the file is whole or absent."""
+    path, tmp = folder / MODEL_FILE, folder / f".{MODEL_FILE}.tmp"
+    try:
+        save_file(cpu_copies(weights), str(tmp))
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise UsageError(f"could not write {path} ({type(err).__name__}: {err}); free space or fix permissions, "
+                             "then resume (the checkpoints are intact)") from None
+        raise
+    return path
 
 
 def save_checkpoint(
@@ -122,13 +140,13 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file(_cpu_copies(model_state), str(tmp / MODEL_FILE))
-        save_file(_cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
+        save_file(cpu_copies(model_state), str(tmp / MODEL_FILE))
+        save_file(cpu_copies(optimizer_tensors), str(tmp / OPTIMIZER_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(dict(state, step=step), indent=1))
         (tmp / MANIFEST_FILE).write_text(json.dumps({name: sha256_file(tmp / name) for name in CHECKSUMMED}))
         for name in (*CHECKSUMMED, MANIFEST_FILE):
-            _fsync(tmp / name)
-        _fsync(tmp)
+            fsync_file(tmp / name)
+        fsync_file(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,7 +162,7 @@ def save_checkpoint(
             shutil.rmtree(aside)
     else:
         os.rename(tmp, final)
-    _fsync(root)
+    fsync_file(root)
     return final
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,14 +20,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.objective import Objective
 from endtoend.train import flow
 from endtoend.train import validate as check
-from endtoend.train.checkpoint import MODEL_FILE, _cpu_copies, _fsync, weights_sha256
+from endtoend.train.checkpoint import MODEL_FILE, weights_sha256, write_model_file
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
 from endtoend.train.evaluate import eval_mode, evaluate, resolve_loss
 from endtoend.train.metrics import direction, resolve_metrics
@@ -304,7 +302,7 @@ def fit(
               skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,
               audit=audit_report, config=resolved)
     if writes:  # before summary.json, so a finished run directory always holds its model
-        _write_model_file(folder, model)
+        write_model_file(folder, model.state_dict())
     writer.write_json("summary.json", run.summary(recipe=(config or {}).get("recipe"), seed=seed, epochs=epochs,
                                                   device=str(dev)))
     writer.close()
@@ -322,22 +320,6 @@ def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metr
     # An Objective evaluates in eval mode: GradNorm's balancing needs gradients, eval has none.
     with eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
         return evaluate(network, batches, loss_fn, metric_fns)
-
-
-def _write_model_file(folder: Path, model: nn.Module) -> None:
-    """The final weights of the user's model (not the transforms wrapper), for `e2e predict`:
-    written under a temporary name in the same folder, then renamed, so it is whole or absent."""
-    path, tmp = folder / MODEL_FILE, folder / f".{MODEL_FILE}.tmp"
-    try:
-        save_file(_cpu_copies(model.state_dict()), str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UsageError(f"could not write {path} ({type(err).__name__}: {err}); free space or fix permissions, "
-                             "then resume (the checkpoints are intact)") from None
-        raise
 
 
 def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,
