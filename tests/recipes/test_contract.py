@@ -145,6 +145,14 @@ def test_a_recipes_own_predict_runs_in_eval_mode_under_inference_mode_chunk_by_c
     assert isinstance(predictions, list) and len(predictions) == 10  # three chunks, lists chained
 
 
+def test_numpy_inputs_reach_the_model_as_tensors_of_its_dtype():
+    recipe = get_recipe(str(STUB))
+    model = nn.Linear(4, 3)
+    inputs = np.random.default_rng(0).normal(size=(5, 4))  # float64
+    labels = ModelPredictor(recipe, model, classes=True).predict(inputs)
+    assert torch.equal(labels, model(torch.tensor(inputs, dtype=torch.float32)).argmax(-1))
+
+
 def test_join_chains_lists_and_concatenates_tensors_and_arrays_and_refuses_the_rest():
     assert join([[1, 2], [3]]) == [1, 2, 3]
     assert join([torch.ones(2), torch.zeros(1)]).tolist() == [1, 1, 0]
@@ -168,7 +176,8 @@ def test_score_converts_tensors_to_numpy_for_evaluate(tmp_path):
 def test_is_classes_means_one_integer_label_per_item():
     assert is_classes(torch.tensor([0, 2, 1])) and is_classes(np.array([1, 0]))
     assert not is_classes(torch.tensor([0.5, 1.0])) and not is_classes(torch.zeros(3, 2, dtype=torch.long))
-    assert not is_classes([0, 1]) and not is_classes(torch.tensor([True, False]))
+    assert is_classes([0, 1]) and not is_classes([0.5, 1]) and not is_classes([])
+    assert not is_classes(torch.tensor([True, False]))
 
 
 def test_count_parameters_counts_what_was_learned_in_any_kind_of_pipeline():
@@ -333,3 +342,16 @@ def test_the_recipes_direction_reaches_fits_early_stopping_and_a_contradiction_i
     contradicting = get_recipe(recipe_file(tmp_path, "HIGHER_IS_BETTER = True", "HIGHER_IS_BETTER = False"))
     with pytest.raises(UsageError, match="HIGHER_IS_BETTER = False but its metric 'accuracy' says higher is better"):
         run.train_recipe(contradicting, tmp_path / "out2", progress=False)
+
+
+def test_a_recipe_whose_splits_are_numpy_arrays_compares_with_budgets(tmp_path):
+    numpy_splits = ("\ndef load_data(small=False):\n    import numpy as np\n    x = np.random.default_rng(0).normal(size=(300, 4))\n"
+                    "    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)\n"
+                    "    return Splits(train=(x[:200], y[:200]), val=(x[200:250], y[200:250]), test=(x[250:], y[250:]))\n")
+    recipe = get_recipe(recipe_file(tmp_path, extra=numpy_splits))
+    comparison = compare_recipe(recipe, tmp_path / "out", budgets=[0.5], progress=False, log=lambda line: None)
+    assert [row["pipeline"] for row in comparison["rows"]] == ["logistic regression", "end-to-end"]
+    assert comparison["rows"][0]["value"] > 0.9  # a linear task, for logistic regression
+    summary = json.loads((tmp_path / "out" / "end-to-end" / "seed-0" / "summary.json").read_text())
+    assert comparison["rows"][1]["value"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-6)
+    assert [point["items"] for point in comparison["learning_curves"]["end-to-end"]] == [100, 200]

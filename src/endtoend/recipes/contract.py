@@ -53,6 +53,8 @@ def check_recipe(module: ModuleType, where: str) -> ModuleType:
 
 def is_classes(targets: Any) -> bool:
     """Integer class labels, one per item: the default predict takes the argmax."""
+    if isinstance(targets, list):
+        return bool(targets) and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in targets)
     if isinstance(targets, torch.Tensor):
         return targets.dim() == 1 and not targets.is_floating_point() and not targets.is_complex() \
             and targets.dtype != torch.bool
@@ -98,13 +100,19 @@ def join(chunks: list[Any]) -> Any:
                      f"an array or a list ({SEE})")
 
 
-def to_device(value: Any, device: torch.device) -> Any:
+def to_device(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Tensors (and numpy arrays, made tensors) on `device`, recursively through lists, tuples
+    and dicts; floating-point ones in `dtype` when given (the model's: fit converts its data
+    the same way, so a float64 array predicts as it trained)."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        cast = dtype if dtype is not None and value.is_floating_point() else None
+        return value.to(device, dtype=cast)
     if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, dtype) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, dtype) for k, v in value.items()}
     return value
 
 
@@ -150,7 +158,9 @@ class ModelPredictor:
 
     def __init__(self, recipe: ModuleType, model: nn.Module, *, classes: bool, batch_size: int = 256):
         self.recipe, self.model, self.classes, self.batch_size = recipe, model, classes, batch_size
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        first = next(model.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.dtype = first.dtype if first is not None and first.is_floating_point() else None
 
     def predict(self, inputs: Any) -> Any:
         from endtoend.train.evaluate import eval_mode
@@ -158,7 +168,7 @@ class ModelPredictor:
         chunks = []
         with eval_mode(self.model), torch.inference_mode():
             for start in range(0, size_of(inputs), self.batch_size):
-                chunk = to_device(inputs[start:start + self.batch_size], self.device)
+                chunk = to_device(inputs[start:start + self.batch_size], self.device, self.dtype)
                 if hasattr(self.recipe, "predict"):
                     chunks.append(to_host(self.recipe.predict(self.model, chunk)))
                 else:
@@ -257,7 +267,7 @@ def nested_subsets(targets: Any, budgets: list[float], seed: int) -> dict[float,
     (every prefix of the order holds the classes in their proportions), drawn with `seed`."""
     n = size_of(targets)
     generator = np.random.default_rng(seed)
-    labels = to_numpy(targets) if is_classes(targets) else None
+    labels = np.asarray(to_numpy(targets)) if is_classes(targets) else None
     if labels is None:
         order = generator.permutation(n)
     else:

@@ -81,7 +81,7 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
         batch = torch.stack([item]) if isinstance(item, torch.Tensor) else [item]
         prediction = _first(predictor.predict(batch))
         with eval_mode(model), torch.inference_mode():
-            output = _first(model(to_device(batch, predictor.device))).cpu()
+            output = _first(model(to_device(batch, predictor.device, predictor.dtype))).cpu()
         fields = (recipe.format_prediction(prediction, output) if hasattr(recipe, "format_prediction")
                   else {"prediction": prediction})
         results.append({"input": path, **json_ready(fields)})
