@@ -355,3 +355,22 @@ def test_a_recipe_whose_splits_are_numpy_arrays_compares_with_budgets(tmp_path):
     summary = json.loads((tmp_path / "out" / "end-to-end" / "seed-0" / "summary.json").read_text())
     assert comparison["rows"][1]["value"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-6)
     assert [point["items"] for point in comparison["learning_curves"]["end-to-end"]] == [100, 200]
+
+
+@pytest.mark.parametrize("body, shown", [
+    ("    from matplotlib.figure import Figure\n    figure = Figure()\n"
+     "    figure.subplots().set_title(', '.join(sorted(predictions)) + f' {len(inputs)} {len(targets)}')\n"
+     "    SEEN.append(sorted(predictions))\n    return figure\n", True),
+    ("    raise ValueError('no axes here')\n", False),
+    ("    return 'a picture'\n", False),
+])
+def test_a_recipes_report_figure_is_drawn_in_the_report_or_left_out_with_one_line(tmp_path, body, shown):
+    recipe = get_recipe(recipe_file(tmp_path, extra=f"\nSEEN = []\ndef report_figure(inputs, targets, predictions):\n{body}"))
+    lines = []
+    compare_recipe(recipe, tmp_path / "out", progress=False, log=lines.append)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert ("<h2>Examples</h2>" in page) is shown and (tmp_path / "out" / "comparison.json").is_file()
+    if shown:
+        assert recipe.SEEN == [["end-to-end", "logistic regression"]]
+    else:
+        assert any(line.startswith("report_figure() ") and "no examples" in line for line in lines)

@@ -10,6 +10,7 @@
                                    class targets, else the raw output)
     evaluate(predictions, targets) -> {metric: value} over a whole split (default: accuracy)
     read_input(path), format_prediction(prediction, output)   for `e2e predict`
+    report_figure(inputs, targets, predictions)               test predictions drawn in report.html
     build_pipeline(small), regime_training(small)             for `e2e compare --regimes`
 
 A recipe is a built-in name (`RECIPES`) or the path of the user's own .py file. The contract is

@@ -2,7 +2,7 @@
 
 A recipe is a module: NAME, DESCRIPTION, METRIC, HIGHER_IS_BETTER; load_data, staged_pipelines,
 build_model, training; optionally predict, evaluate, read_input, format_prediction,
-build_pipeline, regime_training. This file says what each part must be and calls the parts the
+report_figure, build_pipeline, regime_training. This file says what each part must be and calls the parts the
 same way for every pipeline, staged or end-to-end, so that their rows are comparable by
 construction: one `evaluate` scores them all, on predictions of the same form.
 """
@@ -24,7 +24,8 @@ from endtoend.errors import UsageError
 
 CONSTANTS = {"NAME": str, "DESCRIPTION": str, "METRIC": str, "HIGHER_IS_BETTER": bool}
 FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
-OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "build_pipeline", "regime_training")
+OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "report_figure", "build_pipeline",
+                      "regime_training")
 SEE = "see docs/recipes.md"
 
 

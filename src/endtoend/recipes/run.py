@@ -147,7 +147,7 @@ class Cell:
     seconds: float = 0.0
     failed: str | None = None
     measures: dict[str, Any] = field(default_factory=dict)  # latency, throughput, size: first seed, full budget
-    predictions: Any = None                                 # kept for the gallery: first seed, full budget
+    predictions: Any = None                                 # for the gallery and examples: first seed, full budget
     predict: Callable[[Any], Any] | None = None             # kept to be timed once every training is done
     extra: dict[str, Any] = field(default_factory=dict)     # a regime's probes and run folders
 
@@ -220,9 +220,29 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     if images is not None:
         comparison["gallery"] = gallery({name: by_run[seeds[0], 1.0].predictions for name, by_run in cells.items()},
                                         test_targets, focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
+    examples = _examples(recipe, data.test, {name: by_run[seeds[0], 1.0].predictions for name, by_run in cells.items()
+                                             if by_run[seeds[0], 1.0].failed is None}, log)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
-    write_comparison_report(out, comparison, images=images)
+    write_comparison_report(out, comparison, images=images, examples=examples)
     return comparison
+
+
+def _examples(recipe: ModuleType, test: tuple, predictions: dict[str, Any], log: Callable[[str], None]):
+    """The recipe's own picture of test predictions (optional `report_figure`), or None. A
+    picture that fails is left out of the report with one line: the comparison stands."""
+    if not callable(getattr(recipe, "report_figure", None)):
+        return None
+    from matplotlib.figure import Figure
+
+    try:
+        figure = recipe.report_figure(test[0], test[1], predictions)
+    except Exception as error:  # noqa: BLE001 - the recipe's drawing code may raise anything
+        log(f"report_figure() failed, so report.html has no examples: {one_line(error)}")
+        return None
+    if not isinstance(figure, Figure):
+        log(f"report_figure() returned {type(figure).__name__}, not a matplotlib Figure; report.html has no examples")
+        return None
+    return figure
 
 
 END_TO_END = "end-to-end"

@@ -380,18 +380,23 @@ def _footer_html(comparison: dict[str, Any]) -> str:
     return f"<p class='note'>{html.escape('; '.join(facts))}</p>" if facts else ""
 
 
-def write_comparison_report(folder: Path, comparison: dict[str, Any], images: Any = None) -> Path:
+def write_comparison_report(folder: Path, comparison: dict[str, Any], images: Any = None,
+                            examples: Figure | None = None) -> Path:
     """folder/report.html for a comparison.json: staged pipelines vs the end-to-end model.
 
     `images`, the test split's inputs (N, C, H, W) as a tensor or array, uint8 or float in
-    [0, 1], is drawn only for the gallery (`comparison["gallery"]` holds indices into it)."""
+    [0, 1], is drawn only for the gallery (`comparison["gallery"]` holds indices into it).
+    `examples`: the recipe's own picture of test predictions (its `report_figure`)."""
     folder = Path(folder)
     colours = _colours(comparison)
     parts = [_intro_html(comparison),
              f"<h2>Test {html.escape(str(comparison['metric']))}</h2>",
              _bar_chart_html(comparison, colours), _results_table_html(comparison),
              _learning_curves_html(comparison, colours), _latency_html(comparison, colours),
-             _regimes_html(comparison), _gallery_html(comparison, images), _footer_html(comparison)]
+             _regimes_html(comparison), _gallery_html(comparison, images),
+             ("<h2>Examples</h2><p>Test inputs and each pipeline's predictions, drawn by the recipe.</p>"
+              + _figure_html(examples)) if examples is not None else "",
+             _footer_html(comparison)]
     path = folder / "report.html"
     path.write_text(_page(f"endtoend compare: {comparison['recipe']}", [p for p in parts if p]))
     return path
