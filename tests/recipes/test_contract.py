@@ -17,7 +17,8 @@ from endtoend.errors import UsageError
 from endtoend.recipes import get_recipe
 from endtoend.recipes.contract import (ModelPredictor, count_parameters, fit_staged, is_classes, join,
                                        nested_subsets, predict_staged, score)
-from endtoend.recipes.run import _epochs_for, compare_recipe, crossover, gallery
+from endtoend.recipes.matrix import crossover, gallery
+from endtoend.recipes.run import _epochs_for, compare_recipe
 
 STUB = Path(__file__).parent / "stub_recipe.py"
 

@@ -5,8 +5,9 @@
     compare_regimes   its pipeline under each regime (staged, staged+joint, joint), with probes
     lr_find_recipe    the learning-rate range test on its model, data and fit settings
 
-Each takes a recipe module (the contract is in endtoend.recipes) and an output folder. None
-parses argv or draws a table: that is endtoend.cli. Progress lines go through `log`.
+Each takes a recipe module (the contract is in endtoend.recipes.contract) and an output
+folder. None parses argv or draws a table: that is endtoend.cli; what the comparison's rows,
+curves and crossover are made of is endtoend.recipes.matrix. Progress lines go through `log`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -27,7 +27,8 @@ from endtoend.errors import UsageError
 from endtoend.pipeline import REGIMES, RegimeResult, linear_probes, train_regime
 from endtoend.recipes import recipe_source
 from endtoend.recipes.contract import (SEE, ModelPredictor, count_parameters, fit_staged, is_classes, latency,
-                                       nested_subsets, predict_staged, score, size_of, take, timed, to_numpy)
+                                       nested_subsets, predict_staged, score, size_of, take, timed)
+from endtoend.recipes.matrix import END_TO_END, Cell, best_staged, crossover, curve_point, gallery, make_row
 from endtoend.report import write_comparison_report
 from endtoend.train import Run, fit
 from endtoend.train.evaluate import resolve_metrics
@@ -139,19 +140,6 @@ def compare_regimes(recipe: ModuleType, data: Any, regimes: list[str], *, seed: 
 
 # --- compare: every pipeline, every seed, every budget, scored by the recipe's evaluate ---------
 
-@dataclass
-class Cell:
-    """One pipeline trained once (at one seed, on one budget) and scored on the test split."""
-
-    scores: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    failed: str | None = None
-    measures: dict[str, Any] = field(default_factory=dict)  # latency, throughput, size: first seed, full budget
-    predictions: Any = None                                 # for the gallery and examples: first seed, full budget
-    predict: Callable[[Any], Any] | None = None             # kept to be timed once every training is done
-    extra: dict[str, Any] = field(default_factory=dict)     # a regime's probes and run folders
-
-
 def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[int, ...] = (0,),
                    budgets: list[float] | None = None, small: bool = False, progress: bool = True,
                    regimes: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -204,14 +192,14 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                 kinds[name] = "staged" if name == "regime: staged" else "end-to-end"
 
     measure_speed({name: by_run[seeds[0], 1.0] for name, by_run in cells.items()}, test_inputs, log)
-    rows = [_row(recipe, name, kinds[name], [cells[name][seed, 1.0] for seed in seeds]) for name in cells]
+    rows = [make_row(recipe, name, kinds[name], [cells[name][seed, 1.0] for seed in seeds]) for name in cells]
     comparison = {"recipe": recipe.NAME, "description": recipe.DESCRIPTION, "metric": recipe.METRIC,
                   "higher_is_better": recipe.HIGHER_IS_BETTER, "seeds": seeds, "budgets": sorted(trained_budgets),
                   "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end" / f"seed-{seeds[0]}"),
                   "torch": torch.__version__}
     if curve_budgets:
         subsets = nested_subsets(train_targets, trained_budgets, seeds[0])
-        curves = {name: [_curve_point(recipe, budget, len(subsets[budget]), [by_run[seed, budget] for seed in seeds])
+        curves = {name: [curve_point(recipe, budget, len(subsets[budget]), [by_run[seed, budget] for seed in seeds])
                          for budget in sorted(trained_budgets)]
                   for name, by_run in cells.items() if not name.startswith("regime: ")}
         comparison["learning_curves"] = curves
@@ -243,9 +231,6 @@ def _examples(recipe: ModuleType, test: tuple, predictions: dict[str, Any], log:
         log(f"report_figure() returned {type(figure).__name__}, not a matplotlib Figure; report.html has no examples")
         return None
     return figure
-
-
-END_TO_END = "end-to-end"
 
 
 def check_seeds(seeds: Any) -> list[int]:
@@ -325,101 +310,8 @@ def _scored(recipe: ModuleType, cell: Cell) -> str:
     return f"  test {recipe.METRIC} {cell.scores[recipe.METRIC]:.4f} in {cell.seconds:.1f}s"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _row(recipe: ModuleType, name: str, kind: str, runs: list[Cell]) -> dict[str, Any]:
-    """One row of comparison.json: the primary metric's mean, std and per-seed values, every
-    metric's mean, and the first seed's latency, throughput and size."""
-    row: dict[str, Any] = {"pipeline": name, "kind": kind}
-    failed = next((cell.failed for cell in runs if cell.failed), None)
-    if failed:
-        return {**row, "value": None, "failed": failed}
-    values = [cell.scores[recipe.METRIC] for cell in runs]
-    mean, std = _mean_std(values)
-    row.update(value=round(mean, 6), std=round(std, 6), values=[round(v, 6) for v in values],
-               metrics={metric: round(float(np.mean([cell.scores[metric] for cell in runs])), 6)
-                        for metric in runs[0].scores},
-               train_seconds=round(float(np.mean([cell.seconds for cell in runs])), 2))
-    measures = runs[0].measures
-    row.update(predict_ms_per_item=_rounded(measures.get("predict_ms_per_item"), 4),
-               items_per_second=_rounded(measures.get("items_per_second"), 1), parameters=measures["parameters"])
-    return {**row, **runs[0].extra}
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _curve_point(recipe: ModuleType, budget: float, items: int, runs: list[Cell]) -> dict[str, Any]:
-    point: dict[str, Any] = {"budget": budget, "items": items}
-    failed = next((cell.failed for cell in runs if cell.failed), None)
-    if failed:
-        return {**point, "value": None, "failed": failed}
-    mean, std = _mean_std([cell.scores[recipe.METRIC] for cell in runs])
-    return {**point, "value": round(mean, 6), "std": round(std, 6)}
-
-
-def crossover(curves: dict[str, list[dict[str, Any]]], kinds: dict[str, str], higher_is_better: bool) -> dict[str, Any]:
-    """The smallest budget at which end-to-end is at least as good as the best staged pipeline
-    at that budget, in words (or that it never is, and by how much it trails at the largest)."""
-    better = max if higher_is_better else min
-    staged = [name for name in curves if kinds.get(name) == "staged"]
-    ours = curves[END_TO_END]
-    gap = None
-    for i, point in enumerate(ours):
-        rivals = [(curves[name][i]["value"], name) for name in staged if curves[name][i]["value"] is not None]
-        if point["value"] is None or not rivals:
-            continue
-        best, best_name = better(rivals)
-        gap = (point["value"], best, best_name, point)
-        if (point["value"] >= best) if higher_is_better else (point["value"] <= best):
-            return {"budget": point["budget"], "items": point["items"],
-                    "text": f"End-to-end is at least as good as the best staged pipeline from {point['budget']:.0%} "
-                            f"of the training set ({point['items']} items) on the budgets measured: "
-                            f"{point['value']:.4f} against {best_name}'s {best:.4f}."}
-    if gap is None:
-        return {"budget": None, "items": None, "text": "No budget has both an end-to-end and a staged result."}
-    value, best, best_name, point = gap
-    return {"budget": None, "items": None,
-            "text": f"End-to-end never matches the best staged pipeline on the budgets measured: at "
-                    f"{point['budget']:.0%} ({point['items']} items) it scores {value:.4f} against "
-                    f"{best_name}'s {best:.4f}."}
-
-
 def _are_images(inputs: Any) -> bool:
     return isinstance(inputs, (torch.Tensor, np.ndarray)) and inputs.ndim == 4 and inputs.shape[1] in (1, 3)
-
-
-def best_staged(rows: list[dict[str, Any]], higher_is_better: bool) -> str | None:
-    scored = [(row["value"], row["pipeline"]) for row in rows if row["kind"] == "staged" and row["value"] is not None
-              and not row["pipeline"].startswith("regime: ")]
-    return (max if higher_is_better else min)(scored)[1] if scored else None
-
-
-def gallery(predictions: dict[str, Any], targets: Any, limit: int = 12,
-            focus: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
-    """Test items on which the pipelines' predictions disagree (`limit` of them, in test order),
-    with each pipeline's prediction: labels only, the pipelines that predicted something else
-    skipped. Items where the two `focus` pipelines (end-to-end and the best staged one)
-    disagree come first: they show what the choice between them changes."""
-    targets = np.asarray(to_numpy(targets))
-    labels = {}
-    for name, value in predictions.items():
-        value = np.asarray(to_numpy(value)) if value is not None else None
-        if value is not None and value.shape == targets.shape and targets.ndim == 1:
-            labels[name] = value
-    if len(labels) < 2:
-        return []
-    stacked = np.stack(list(labels.values()))
-    disagree = np.flatnonzero((stacked != stacked[0]).any(axis=0))
-    if focus and all(name in labels for name in focus):
-        split = labels[focus[0]][disagree] != labels[focus[1]][disagree]
-        disagree = np.concatenate([disagree[split], disagree[~split]])
-    disagree = disagree[:limit]
-    return [{"index": int(i), "target": targets[i].item(),
-             "predictions": {name: value[i].item() for name, value in labels.items()}} for i in disagree]
 
 
 # --- the recipe's parts, checked where they are called: a wrong one is one line naming it ----------
