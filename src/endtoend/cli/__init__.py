@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         verb.set_defaults(handler=handler)
         if recipe:
             verb.add_argument("recipe", help="a recipe name (see `e2e recipes`) or the path of your own "
-                              "recipe file, PATH.py (see endtoend.recipes for what it defines)")
+                              "recipe file, PATH.py (docs/recipes.md says what it defines)")
         verb.add_argument("--out", type=Path, help=f"output folder (default {out_default})")
         verb.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
         if small:
