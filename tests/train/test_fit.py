@@ -224,3 +224,15 @@ def test_more_bad_inputs_are_one_line(arguments, expected):
 def test_a_non_finite_number_is_refused(name, value):
     with pytest.raises(UsageError, match=f"^{name} must be .*got (inf|nan)"):
         endtoend.fit(mlp(), toy(32), epochs=1, progress=False, audit="off", **{name: value})
+
+
+def test_the_data_fingerprint_of_a_tensor_past_2_to_the_24_elements_samples_in_bounds():
+    """1,366 uint8 images of 3x64x64 are just over 2**24 bytes: the sampled indices must stay
+    inside the tensor, and a change in its last element must change the fingerprint."""
+    from endtoend.train.data import TensorData, fingerprint
+
+    images = torch.zeros(1366, 3, 64, 64, dtype=torch.uint8)
+    labels = torch.zeros(1366, dtype=torch.long)
+    before = fingerprint(TensorData(images, labels))
+    images.view(-1)[-1] = 7  # the last element is always among the sampled ones
+    assert fingerprint(TensorData(images, labels)) != before

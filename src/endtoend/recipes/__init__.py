@@ -30,6 +30,7 @@ from endtoend.userfile import import_file
 RECIPES = {
     "digits": "endtoend.recipes.digits",
     "mnist5k": "endtoend.recipes.mnist5k",
+    "segment": "endtoend.recipes.segment",
 }
 
 __all__ = ["CONSTANTS", "FUNCTIONS", "RECIPES", "get_recipe", "recipe_source"]

@@ -85,7 +85,10 @@ def fingerprint(data: TensorData | Any) -> str | None:
     for tensor in (data.inputs, data.targets):
         flat = tensor.detach().reshape(-1)
         if flat.numel() * flat.element_size() > 16 << 20:
-            flat = flat[torch.linspace(0, flat.numel() - 1, 1 << 20, device=flat.device).long()]
+            # Integer arithmetic: a float32 linspace cannot name every index past 2**24 elements
+            # (the last one rounded up, out of bounds).
+            picks = 1 << 20
+            flat = flat[torch.arange(picks, device=flat.device) * (flat.numel() - 1) // (picks - 1)]
         digest.update(flat.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
         described.append(f"{tuple(tensor.shape)} {str(tensor.dtype).replace('torch.', '')}")
     return f"{' -> '.join(described)} sha256:{digest.hexdigest()[:16]}"
