@@ -7,4 +7,4 @@ from endtoend.data.bundled import Splits, load_digits_images, load_mnist5k, stra
 from endtoend.data.images import read_image
 from endtoend.data.transforms import RandomAffine
 
-__all__ = ["RandomAffine", "Splits", "load_digits_images", "load_mnist5k", "read_image", "stratified_splits"]
+__all__ = ["RandomAffine", "Splits", "load_digits_images", "load_mnist5k", "read_image", "shapes", "stratified_splits"]

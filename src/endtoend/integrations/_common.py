@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -150,23 +150,6 @@ def kept_modes(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """The batch with every tensor on `device` (dicts, lists, tuples and objects with `.to`,
-    such as a BatchEncoding)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        moved = {k: to_device(v, device) for k, v in batch.items()}
-        with contextlib.suppress(Exception):
-            return type(batch)(moved)
-        return moved
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -47,8 +47,8 @@ from endtoend.integrations._common import (
     require,
     show,
     summary_metrics,
-    to_device,
 )
+from endtoend.train.data import to_device
 
 require("transformers", "transformers")
 from transformers import TrainerCallback  # noqa: E402

@@ -24,7 +24,7 @@ import importlib
 from types import ModuleType
 
 from endtoend.errors import UsageError
-from endtoend.recipes.contract import CONSTANTS, FUNCTIONS, check_recipe
+from endtoend.recipes.contract import check_recipe
 from endtoend.userfile import import_file
 
 RECIPES = {
@@ -33,7 +33,7 @@ RECIPES = {
     "segment": "endtoend.recipes.segment",
 }
 
-__all__ = ["CONSTANTS", "FUNCTIONS", "RECIPES", "get_recipe", "recipe_source"]
+__all__ = ["RECIPES", "get_recipe", "recipe_source"]
 
 
 def get_recipe(name: str) -> ModuleType:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from endtoend.errors import UsageError
+from endtoend.train.data import to_device
 
 CONSTANTS = {"NAME": str, "DESCRIPTION": str, "METRIC": str, "HIGHER_IS_BETTER": bool}
 FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
@@ -99,22 +100,6 @@ def join(chunks: list[Any]) -> Any:
         return [item for chunk in chunks for item in chunk]
     raise UsageError(f"predict() returned a {type(first).__name__}; predictions for several items must be a tensor, "
                      f"an array or a list ({SEE})")
-
-
-def to_device(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """Tensors (and numpy arrays, made tensors) on `device`, recursively through lists, tuples
-    and dicts; floating-point ones in `dtype` when given (the model's: fit converts its data
-    the same way, so a float64 array predicts as it trained)."""
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if isinstance(value, torch.Tensor):
-        cast = dtype if dtype is not None and value.is_floating_point() else None
-        return value.to(device, dtype=cast)
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device, dtype) for v in value)
-    if isinstance(value, dict):
-        return {k: to_device(v, device, dtype) for k, v in value.items()}
-    return value
 
 
 def to_host(value: Any) -> Any:

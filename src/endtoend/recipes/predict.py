@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from endtoend.errors import UsageError
-from endtoend.recipes.contract import SEE, ModelPredictor, to_device
+from endtoend.recipes.contract import SEE, ModelPredictor
+from endtoend.train.data import to_device
 from endtoend.train.evaluate import eval_mode
 from endtoend.userfile import one_line
 
@@ -79,17 +80,13 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
     results = []
     for path, item in zip(paths, inputs):
         batch = torch.stack([item]) if isinstance(item, torch.Tensor) else [item]
-        prediction = _first(predictor.predict(batch))
+        prediction = predictor.predict(batch)[0]
         with eval_mode(model), torch.inference_mode():
-            output = _first(model(to_device(batch, predictor.device, predictor.dtype))).cpu()
+            output = model(to_device(batch, predictor.device, predictor.dtype))[0].cpu()
         fields = (recipe.format_prediction(prediction, output) if hasattr(recipe, "format_prediction")
                   else {"prediction": prediction})
         results.append({"input": path, **json_ready(fields)})
     return results
-
-
-def _first(batch: Any) -> Any:
-    return batch[0]
 
 
 def json_ready(value: Any) -> Any:

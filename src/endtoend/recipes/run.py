@@ -166,6 +166,7 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     kinds: dict[str, str] = {}
     for seed in seeds:
         subsets = nested_subsets(train_targets, trained_budgets, seed)
+        items = {budget: len(indices) for budget, indices in subsets.items()}  # ceil(budget * n): any seed
         for budget in trained_budgets:
             train = (take(train_inputs, subsets[budget]), take(train_targets, subsets[budget]))
             first = seed == seeds[0] and budget == 1.0
@@ -191,25 +192,25 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                 cells[name][seed, 1.0] = cell
                 kinds[name] = "staged" if name == "regime: staged" else "end-to-end"
 
-    measure_speed({name: by_run[seeds[0], 1.0] for name, by_run in cells.items()}, test_inputs, log)
+    measured = {name: by_run[seeds[0], 1.0] for name, by_run in cells.items()}  # timed and kept: first seed, full set
+    measure_speed(measured, test_inputs, log)
     rows = [make_row(recipe, name, kinds[name], [cells[name][seed, 1.0] for seed in seeds]) for name in cells]
     comparison = {"recipe": recipe.NAME, "description": recipe.DESCRIPTION, "metric": recipe.METRIC,
                   "higher_is_better": recipe.HIGHER_IS_BETTER, "seeds": seeds, "budgets": sorted(trained_budgets),
                   "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end" / f"seed-{seeds[0]}"),
                   "torch": torch.__version__}
     if curve_budgets:
-        subsets = nested_subsets(train_targets, trained_budgets, seeds[0])
-        curves = {name: [curve_point(recipe, budget, len(subsets[budget]), [by_run[seed, budget] for seed in seeds])
+        curves = {name: [curve_point(recipe, budget, items[budget], [by_run[seed, budget] for seed in seeds])
                          for budget in sorted(trained_budgets)]
                   for name, by_run in cells.items() if not name.startswith("regime: ")}
         comparison["learning_curves"] = curves
         comparison["crossover"] = crossover(curves, kinds, recipe.HIGHER_IS_BETTER)
+    predictions = {name: cell.predictions for name, cell in measured.items() if cell.failed is None}
     images = test_inputs if _are_images(test_inputs) else None
     if images is not None:
-        comparison["gallery"] = gallery({name: by_run[seeds[0], 1.0].predictions for name, by_run in cells.items()},
-                                        test_targets, focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
-    examples = _examples(recipe, data.test, {name: by_run[seeds[0], 1.0].predictions for name, by_run in cells.items()
-                                             if by_run[seeds[0], 1.0].failed is None}, log)
+        comparison["gallery"] = gallery(predictions, test_targets,
+                                        focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
+    examples = _examples(recipe, data.test, predictions, log)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     write_comparison_report(out, comparison, images=images, examples=examples)
     return comparison

@@ -7,35 +7,17 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from matplotlib.figure import Figure
 
-from endtoend.report.page import _figure_html, _page, _table
+from endtoend.report.page import Cell, _figure_html, _page, _table
 
 # --- the comparison page (comparison.json, the "decision matrix") ---------------------------------
 
 _E2E_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 _STAGED_GREYS = ["#8c8c8c", "#5a5a5a", "#b4b4b4", "#3c3c3c", "#a0a0a0", "#707070"]
 _STAGED_MARKERS = ["s", "^", "D", "v", "P", "X"]
-
-
-class _Cell(NamedTuple):
-    """A table cell with attributes; plain strings in a row are ordinary cells."""
-    text: str
-    colspan: int = 1
-    css: str = ""
-
-
-def _rich_table(header: list[str], rows: list[list[str | _Cell]]) -> str:
-    def cell(c: str | _Cell) -> str:
-        c = c if isinstance(c, _Cell) else _Cell(str(c))
-        span = f' colspan="{c.colspan}"' if c.colspan > 1 else ""
-        css = f' class="{c.css}"' if c.css else ""
-        return f"<td{span}{css}>{html.escape(c.text)}</td>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _finite(v: Any) -> bool:
@@ -183,15 +165,15 @@ def _results_table_html(comparison: dict[str, Any]) -> str:
     best = _best(comparison)
     body = []
     for r in rows:
-        cells: list[str | _Cell] = [str(r["pipeline"]), str(r.get("kind", ""))]
+        cells: list[str | Cell] = [str(r["pipeline"]), str(r.get("kind", ""))]
         if r.get("failed"):
             # the measures of a failed pipeline mean nothing: one cell says why, dashes for the rest
-            cells.append(_Cell(f"failed: {r['failed']}", 1 + per_seed + len(extra), "failed"))
+            cells.append(Cell(f"failed: {r['failed']}", 1 + per_seed + len(extra), "failed"))
             cells += ["–"] * 4
         else:
             value, std = r.get("value"), _spread(r)
             text = f"{_num(value)} ± {_num(std)}" if std else _num(value)
-            cells.append(_Cell(text, css="best" if best is not None and value == best else ""))
+            cells.append(Cell(text, css="best" if best is not None and value == best else ""))
             if per_seed:
                 cells.append(", ".join(_num(v) for v in r.get("values") or []) or "–")
             cells += [_num((r.get("metrics") or {}).get(k)) for k in extra]
@@ -201,7 +183,7 @@ def _results_table_html(comparison: dict[str, Any]) -> str:
                       f"{per_second:,.0f}" if _finite(per_second) and per_second >= 100 else _num(per_second),
                       f"{parameters:,}" if isinstance(parameters, int) else "–"]
         body.append(cells)
-    return _rich_table(header, body)
+    return _table(header, body)
 
 
 def _learning_curves_html(comparison: dict[str, Any], colours: dict[str, str]) -> str:

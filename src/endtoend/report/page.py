@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 
@@ -28,11 +28,25 @@ def _figure_html(fig: Figure) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
+class Cell(NamedTuple):
+    """A table cell with attributes (a span over columns, a CSS class); anything else in a row
+    is an ordinary cell."""
+    text: str
+    colspan: int = 1
+    css: str = ""
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table: floats with four decimals, everything escaped, `Cell`s with their span
+    and class."""
     def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+        if isinstance(v, Cell):
+            span = f' colspan="{v.colspan}"' if v.colspan > 1 else ""
+            css = f' class="{v.css}"' if v.css else ""
+            return f"<td{span}{css}>{html.escape(v.text)}</td>"
+        return f"<td>{f'{v:.4f}' if isinstance(v, float) else html.escape(str(v))}</td>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

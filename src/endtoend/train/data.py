@@ -11,7 +11,9 @@ Two paths:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -150,6 +152,27 @@ def move_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:
     inputs, targets = batch
     return (inputs.to(device, non_blocking=True) if isinstance(inputs, torch.Tensor) else inputs,
             targets.to(device, non_blocking=True) if isinstance(targets, torch.Tensor) else targets)
+
+
+def to_device(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """`value` with every tensor on `device` (numpy arrays made tensors), recursively through
+    dicts (their own type kept when it can be rebuilt, such as a BatchEncoding), namedtuples,
+    lists and tuples; floating-point tensors in `dtype` when given (a model's: fit converts its
+    data the same way, so a float64 array predicts as it trained)."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if isinstance(value, torch.Tensor):
+        return value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
+    if isinstance(value, Mapping):
+        moved = {k: to_device(v, device, dtype) for k, v in value.items()}
+        with contextlib.suppress(Exception):
+            return type(value)(moved)
+        return moved
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(to_device(v, device, dtype) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device, dtype) for v in value)
+    return value
 
 
 def eval_batches(data: TensorData | Any, batch_size: int, device: torch.device):
