@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from endtoend import UsageError
-from endtoend.data import read_image
+from endtoend.data import read_image, read_rgb
 
 
 def figure(side: int, dtype=np.uint8, high: int = 255) -> np.ndarray:
@@ -127,3 +127,33 @@ def test_a_folder_and_a_bad_size_are_refused(tmp_path):
     Image.fromarray(figure(8)).save(tmp_path / "ok.png")
     assert "two positive integers" in one_line_error(tmp_path / "ok.png", size=(28,))
     assert "two positive integers" in one_line_error(tmp_path / "ok.png", size=(0, 28))
+
+
+def test_read_rgb_keeps_colour_as_uint8_channels_first_and_resizes(tmp_path):
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 30
+    Image.fromarray(rgb).save(tmp_path / "wide.png")
+    image = read_rgb(tmp_path / "wide.png", 64)
+    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
+    assert image[:, 32, 32].tolist() == [200, 0, 30]
+    exact = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(exact).save(tmp_path / "exact.png")
+    assert np.array_equal(read_rgb(tmp_path / "exact.png", 64).numpy().transpose(1, 2, 0), exact)
+
+
+def test_read_rgb_composites_transparency_on_black_and_takes_grey_and_palette(tmp_path):
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., :3], rgba[:32, :, 3] = 255, 255  # opaque white top half, transparent bottom half
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "half.png")
+    image = read_rgb(tmp_path / "half.png", 64)
+    assert int(image[:, :32].min()) == 255 and int(image[:, 32:].max()) == 0
+    Image.fromarray(np.full((64, 64), 90, dtype=np.uint8), mode="L").convert("P").save(tmp_path / "grey.png")
+    assert set(read_rgb(tmp_path / "grey.png", 64).unique().tolist()) == {90}
+
+
+def test_read_rgb_names_a_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(UsageError, match="no such image file: .*nope.png"):
+        read_rgb(tmp_path / "nope.png", 64)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(UsageError, match="bad.png"):
+        read_rgb(tmp_path / "bad.png", 64)
