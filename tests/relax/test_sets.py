@@ -191,3 +191,27 @@ def test_device_and_dtype_follow_the_input():
     outputs = {"logits": torch.zeros(1, 3, 3, dtype=torch.float64), "boxes": random_boxes(3, 0, torch.float64)[None]}
     targets = [{"labels": torch.tensor([1]), "boxes": random_boxes(1, 9, torch.float64)}]
     assert all(loss.dtype == torch.float64 for loss in criterion(outputs, targets).values())
+
+
+def test_set_criterion_batched_matching_equals_matching_each_item_alone():
+    """The batch-wide cost matrix, split per item, gives each item's own optimal assignment,
+    with items of 0, 1 and several targets in one batch."""
+    generator = torch.Generator().manual_seed(3)
+    criterion = SetCriterion(num_classes=3)
+    logits = torch.randn(4, 6, 4, generator=generator)
+    corners = torch.rand(4, 6, 2, generator=generator) * 0.6
+    boxes = torch.cat([corners, corners + 0.1 + torch.rand(4, 6, 2, generator=generator) * 0.3], -1)
+    targets = []
+    for count in (0, 1, 3, 6):
+        start = torch.rand(count, 2, generator=generator) * 0.6
+        targets.append({"labels": torch.randint(0, 3, (count,), generator=generator),
+                        "boxes": torch.cat([start, start + 0.2], -1)})
+    matches = criterion.match({"logits": logits, "boxes": boxes}, targets)
+    for item, (rows, cols) in enumerate(matches):
+        target = targets[item]
+        cost = (-logits[item].softmax(-1)[:, target["labels"]]
+                + 5 * (boxes[item][:, None] - target["boxes"][None]).abs().sum(-1)
+                - 2 * generalized_box_iou(boxes[item], target["boxes"])).numpy()
+        best_rows, best_cols = linear_sum_assignment(cost)
+        assert len(rows) == len(target["labels"])
+        assert cost[rows.numpy(), cols.numpy()].sum() == pytest.approx(cost[best_rows, best_cols].sum(), abs=1e-5)
