@@ -44,7 +44,7 @@ def no_training(monkeypatch):
 def test_recipes_lists_one_line_each(capsys):
     code, out, _ = run_cli(capsys, "recipes")
     assert code == 0
-    assert [line.split()[0] for line in out.strip().splitlines()] == ["digits", "mnist5k", "segment"]
+    assert [line.split()[0] for line in out.strip().splitlines()] == ["detect", "digits", "mnist5k", "segment"]
 
 
 def test_help_on_every_verb():

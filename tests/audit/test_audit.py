@@ -269,7 +269,8 @@ ZOO_CORRECT = zoo_correct.__file__
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("no_colon_here", "expected PATH.py:FACTORY"),
+    ("no_colon_here", "unknown recipe 'no_colon_here'; known recipes: detect, digits"),
+    (":make", "expected PATH.py:FACTORY or a recipe"),
     ("/nonexistent/model.py:make", "no such model file"),
     (f"{ZOO_BROKEN}:does_not_exist", "has no function 'does_not_exist'"),
     (f"{ZOO_BROKEN}:make_raising", "make_raising() raised ValueError: no data here"),
@@ -279,6 +280,15 @@ def test_load_factory_errors_are_one_line(spec, expected):
     with pytest.raises(UsageError) as caught:
         load_factory(spec)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("recipe", ["detect", "segment", "digits"])
+def test_audit_of_a_recipe_finds_no_cut_in_its_model_and_loss(recipe, capsys):
+    """detect's set model included: the matcher and the query selection are decisions under
+    no_grad, not cuts."""
+    assert run_audit_command(recipe, as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and not [f for f in data["findings"] if f["severity"] != "info"]
 
 
 def test_audit_command_exit_codes(capsys):

@@ -72,3 +72,53 @@ def test_lr_find_recipe_uses_the_recipes_settings(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="lr-find cannot resume"):
         (tmp_path / "lr" / "lr_find.json").write_text("{}")
         lr_find_recipe(digits, tmp_path / "lr", small=True)
+
+
+def with_variants(variants) -> types.ModuleType:
+    """The stub recipe with a `variants` function returning `variants`."""
+    recipe = types.ModuleType("stub_with_variants")
+    recipe.__dict__.update({k: v for k, v in vars(STUB).items() if not k.startswith("__")})
+    recipe.variants = lambda small=False: variants
+    return recipe
+
+
+def test_each_variant_is_a_row_of_its_own_and_predict_rebuilds_it_from_its_run_directory(tmp_path, monkeypatch):
+    from torch import nn
+
+    from endtoend.recipes.predict import load_trained
+
+    wide = lambda: nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))  # noqa: E731
+    recipe = with_variants({"wide MLP": (wide, dict(STUB.training(), epochs=2))})
+    comparison = compare_recipe(recipe, tmp_path / "out", progress=False, log=lambda line: None)
+    rows = {row["pipeline"]: row for row in comparison["rows"]}
+    assert set(rows) == {"logistic regression", "end-to-end", "end-to-end: wide MLP"}
+    assert rows["end-to-end: wide MLP"]["kind"] == "end-to-end"
+    assert rows["end-to-end: wide MLP"]["parameters"] == 4 * 32 + 32 + 32 * 2 + 2
+    assert rows["end-to-end"]["parameters"] == 4 * 8 + 8 + 8 * 2 + 2
+    folder = tmp_path / "out" / "end-to-end-wide-mlp" / "seed-0"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["variant"] == "wide MLP" and config["epochs"] == 2
+    # load_trained rebuilds the variant's model, not build_model's: its weights fit only that one
+    monkeypatch.setattr("endtoend.recipes.get_recipe", lambda name: recipe)
+    _, model, _ = load_trained(folder)
+    assert model[0].out_features == 32
+
+
+@pytest.mark.parametrize("variants, problem", [
+    ([1], r"must return \{name: \(model factory, fit settings\)\}, got list"),
+    ({"": (lambda: None, {})}, "variant names must be non-empty strings"),
+    ({"x": (lambda: None,)}, "variant 'x' must be a pair"),
+    ({"x": (lambda: None, {"seed": 1})}, r"variants\(\)\['x'\] sets seed"),
+])
+def test_a_bad_variants_is_one_line_before_anything_trains(tmp_path, variants, problem):
+    with pytest.raises(UsageError, match=problem):
+        compare_recipe(with_variants(variants), tmp_path / "out", progress=False, log=lambda line: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_recipe_refuses_an_unknown_variant_naming_the_known_ones(tmp_path):
+    from torch import nn
+
+    recipe = with_variants({"wide": (lambda: nn.Linear(4, 2), STUB.training())})
+    with pytest.raises(UsageError, match="has no variant 'narrow'; its variants: 'wide'"):
+        run_module.train_recipe(recipe, tmp_path / "run", variant="narrow", progress=False)

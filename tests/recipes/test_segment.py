@@ -108,3 +108,45 @@ def test_report_figure_draws_inputs_truth_and_each_pipeline(recipe, scenes):
     _, (xt, yt) = scenes
     figure = recipe.report_figure(xt, yt, {"staged": np.zeros_like(yt.numpy()), "end-to-end": yt.numpy()})
     assert isinstance(figure, Figure) and len(figure.axes) == 4 * 4
+
+
+@pytest.fixture(scope="module")
+def small_comparison(tmp_path_factory):
+    """`e2e compare segment --small`, the configuration the suite runs for real."""
+    from endtoend.cli import main
+
+    out = tmp_path_factory.mktemp("segment") / "compare"
+    assert main(["compare", "segment", "--small", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_compare_small_writes_staged_and_end_to_end_rows_and_the_pictures(small_comparison):
+    import json
+
+    comparison = json.loads((small_comparison / "comparison.json").read_text())
+    rows = {row["pipeline"]: row for row in comparison["rows"]}
+    assert set(rows) == {"background + threshold + shape features + RF",
+                         "background + threshold + shape features + SVM", "end-to-end"}
+    assert all(0 <= row["value"] <= 1 and "iou_triangle" in row["metrics"] for row in rows.values())
+    assert rows["background + threshold + shape features + SVM"]["value"] > 0.5  # far above all-background
+    html = (small_comparison / "report.html").read_text()
+    assert "Examples" in html and "data:image/png;base64," in html
+
+
+def test_predict_writes_a_png_mask_beside_each_input_that_matches_the_json(small_comparison, tmp_path, capsys):
+    import json
+
+    from endtoend.cli import main
+
+    scene = make_scenes(1, seed=5)[0]
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene.image.numpy().transpose(1, 2, 0)).save(path)
+    run = small_comparison / "end-to-end" / "seed-0"
+    assert main(["predict", str(run), str(path), "--json"]) == 0
+    printed = np.array(json.loads(capsys.readouterr().out)[0]["mask"])
+    assert main(["predict", str(run), str(path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: wrote {tmp_path / 'scene.mask.png'}"
+    written = np.asarray(Image.open(tmp_path / "scene.mask.png"))
+    assert written.shape == (64, 64) and np.array_equal(written, printed)
+    assert main(["predict", str(run), str(path)]) == 0  # a second run never overwrites the first mask
+    assert capsys.readouterr().out.strip().endswith("scene-2.mask.png") and (tmp_path / "scene-2.mask.png").exists()

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = recipe_verb("train", "train a recipe's end-to-end model into a run directory", "runs/RECIPE-TIMESTAMP",
                         _train)
+    train.add_argument("--variant", metavar="NAME", help="train one of the recipe's other end-to-end models "
+                       "(its variants(), e.g. detect's \"YOLO-style grid head\") instead of its main one")
     train.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's); may be raised on --resume")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
@@ -115,16 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                          help="a finished run directory (e2e train --out, or OUT/end-to-end/seed-0 of e2e compare)")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="raw input files, e.g. PNG images")
-    predict.add_argument("--json", action="store_true", help="print a JSON list of {input, ...prediction}")
+    predict.add_argument("--json", action="store_true", help="print a JSON list of {input, ...prediction} (without "
+                         "it, recipes that save predictions as files, such as segment's masks, write them beside "
+                         "each input, never over an existing file)")
 
     new_recipe = verbs.add_parser("new-recipe", help="write a commented, working recipe file to start from")
     new_recipe.set_defaults(handler=_new_recipe)
     new_recipe.add_argument("path", type=Path, metavar="PATH.py", help="the file to write (must not exist)")
 
-    audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY)")
+    audit = verbs.add_parser("audit", help="find every gradient cut in a model (PATH.py:FACTORY or RECIPE)")
     audit.set_defaults(handler=_audit)
-    audit.add_argument("target", metavar="PATH.py:FACTORY",
-                       help="a Python file and a function in it returning (model, inputs)")
+    audit.add_argument("target", metavar="PATH.py:FACTORY|RECIPE",
+                       help="a Python file and a function in it returning (model, inputs) or (model, inputs, "
+                       "loss_fn, targets); or a recipe (name or PATH.py): its model and loss on 8 training items")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -154,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
     trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, variant=args.variant)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
     print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
     return 0
@@ -187,7 +192,7 @@ def _predict(args: argparse.Namespace) -> int:
     from endtoend.recipes.predict import load_trained, one_line_prediction, predict_files
 
     recipe, model, classes = load_trained(args.run_dir)
-    results = predict_files(recipe, model, args.inputs, classes)
+    results = predict_files(recipe, model, args.inputs, classes, save=not args.json)
     if args.json:  # a JSON list, one input per line
         print("[\n" + ",\n".join(f"  {json.dumps(r)}" for r in results) + "\n]")
     else:

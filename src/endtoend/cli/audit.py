@@ -1,4 +1,5 @@
-"""`e2e audit PATH.py:FACTORY`: load the user's factory by path, audit it, print the report."""
+"""`e2e audit PATH.py:FACTORY` or `e2e audit RECIPE`: load the user's factory by path (or build the
+recipe's model, loss and a batch of its data), audit it, print the report."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ def load_factory(spec: str) -> tuple:
     (one line) for a bad spec, a missing file, a failed import, a missing or failing
     factory, or a return value of the wrong shape."""
     path, colon, name = spec.rpartition(":")
-    if not colon or not path or not name:
-        raise UsageError(f"audit: expected PATH.py:FACTORY, got {spec!r}")
+    if not colon:
+        return recipe_factory(spec)
+    if not path or not name:
+        raise UsageError(f"audit: expected PATH.py:FACTORY or a recipe (a name from `e2e recipes`, or PATH.py), "
+                         f"got {spec!r}")
     module = import_file(path, "model file")
     factory = getattr(module, name, None)
     if not callable(factory):
@@ -36,6 +40,23 @@ def load_factory(spec: str) -> tuple:
             f"with model an nn.Module, got {type(made).__name__}"
         )
     return made
+
+
+def recipe_factory(spec: str, items: int = 8) -> tuple:
+    """A recipe's end-to-end model (full size, seed 0) with its training loss and the first
+    `items` training items of its small data: what `fit` would differentiate."""
+    from endtoend.recipes import get_recipe
+    from endtoend.recipes.contract import take
+    from endtoend.recipes.run import recipe_data, recipe_training
+    from endtoend.train.rng import seed_everything
+
+    recipe = get_recipe(spec)
+    inputs, targets = recipe_data(recipe, small=True).train
+    first = list(range(min(items, len(targets))))
+    seed_everything(0)
+    model = recipe.build_model(False)
+    loss = recipe_training(recipe, False).get("loss", "cross_entropy")
+    return model, take(inputs, first), loss, take(targets, first)
 
 
 def run_audit_command(spec: str, as_json: bool = False, console=None) -> int:

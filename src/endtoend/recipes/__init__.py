@@ -10,6 +10,8 @@
                                    class targets, else the raw output)
     evaluate(predictions, targets) -> {metric: value} over a whole split (default: accuracy)
     read_input(path), format_prediction(prediction, output)   for `e2e predict`
+    save_prediction(prediction, path) -> the file it wrote     `e2e predict` without --json
+    variants(small)             -> {name: (model factory, fit settings)}: more end-to-end rows
     report_figure(inputs, targets, predictions)               test predictions drawn in report.html
     build_pipeline(small), regime_training(small)             for `e2e compare --regimes`
 
@@ -31,6 +33,7 @@ RECIPES = {
     "digits": "endtoend.recipes.digits",
     "mnist5k": "endtoend.recipes.mnist5k",
     "segment": "endtoend.recipes.segment",
+    "detect": "endtoend.recipes.detect",
 }
 
 __all__ = ["RECIPES", "get_recipe", "recipe_source"]

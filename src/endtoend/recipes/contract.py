@@ -2,8 +2,8 @@
 
 A recipe is a module: NAME, DESCRIPTION, METRIC, HIGHER_IS_BETTER; load_data, staged_pipelines,
 build_model, training; optionally predict, evaluate, read_input, format_prediction,
-report_figure, build_pipeline, regime_training. This file says what each part must be and calls the parts the
-same way for every pipeline, staged or end-to-end, so that their rows are comparable by
+save_prediction, report_figure, variants, build_pipeline, regime_training. This file says what
+each part must be and calls the parts the same way for every pipeline, staged or end-to-end, so that their rows are comparable by
 construction: one `evaluate` scores them all, on predictions of the same form.
 """
 
@@ -25,8 +25,8 @@ from endtoend.train.data import to_device
 
 CONSTANTS = {"NAME": str, "DESCRIPTION": str, "METRIC": str, "HIGHER_IS_BETTER": bool}
 FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
-OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "report_figure", "build_pipeline",
-                      "regime_training")
+OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "save_prediction", "report_figure",
+                      "variants", "build_pipeline", "regime_training")
 SEE = "see docs/recipes.md"
 
 

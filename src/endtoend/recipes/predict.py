@@ -1,9 +1,11 @@
 """`e2e predict`: a trained end-to-end model, loaded from its run directory, on raw files.
 
 The run directory's config.json names the recipe (a built-in name, or the path of the user's
-file) and its size (`--small`); model.safetensors holds the final weights. The recipe's
+file), its size (`--small`) and the variant, if any; model.safetensors holds the final weights. The recipe's
 `read_input(path)` turns one file into one input, its `predict` (or the default) turns the
 model's output into a prediction, and `format_prediction(prediction, output)` into JSON fields.
+Without --json, a recipe's `save_prediction(prediction, path)` may write the prediction as a file
+beside the input (segment writes a PNG mask) and return its path, which the line names.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
     from safetensors.torch import load_file
 
     from endtoend.recipes import get_recipe
+    from endtoend.recipes.run import end_to_end_model
 
     run_dir = Path(run_dir)
     example = "the folder of a finished `e2e train` run, or OUT/end-to-end/seed-0 of `e2e compare`"
@@ -48,7 +51,8 @@ def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
                          f"--resume`")
     source = config.get("recipe_source") or str(config.get("recipe", "")).replace(" --small", "")
     recipe = get_recipe(source)
-    model = recipe.build_model(bool(config.get("small", False)))
+    build, _ = end_to_end_model(recipe, bool(config.get("small", False)), config.get("variant"))
+    model = build()
     try:
         model.load_state_dict(load_file(weights))
     except Exception as error:  # noqa: BLE001 - a damaged file or a recipe changed since training
@@ -57,9 +61,12 @@ def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
     return recipe, model, bool(config.get("classes", False))
 
 
-def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classes: bool) -> list[dict[str, Any]]:
-    """One {"input": path, ...prediction fields} per file. Every file is read before any is
-    predicted: a missing or unreadable one raises UsageError naming each (one line each)."""
+def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classes: bool,
+                  save: bool = False) -> list[dict[str, Any]]:
+    """One {"input": path, ...prediction fields} per file, or with `save` and a recipe that
+    defines save_prediction, {"input": path, "written": the file it wrote}. Every file is read
+    before any is predicted: a missing or unreadable one raises UsageError naming each (one line
+    each)."""
     if not callable(getattr(recipe, "read_input", None)):
         raise UsageError(f"recipe {recipe.NAME!r} defines no read_input(path), so `e2e predict` cannot turn a file "
                          f"into its input ({SEE})")
@@ -83,10 +90,31 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
         prediction = predictor.predict(batch)[0]
         with eval_mode(model), torch.inference_mode():
             output = model(to_device(batch, predictor.device, predictor.dtype))[0].cpu()
+        if save and callable(getattr(recipe, "save_prediction", None)):
+            results.append({"input": path, "written": str(_saved(recipe, prediction, path))})
+            continue
         fields = (recipe.format_prediction(prediction, output) if hasattr(recipe, "format_prediction")
                   else {"prediction": prediction})
         results.append({"input": path, **json_ready(fields)})
     return results
+
+
+def _saved(recipe: ModuleType, prediction: Any, path: str) -> Path:
+    try:
+        return Path(recipe.save_prediction(prediction, path))
+    except OSError as error:
+        raise UsageError(f"{path}: could not write its prediction beside it ({one_line(error)}); "
+                         "use --json to print it instead") from None
+
+
+def beside(path: str | Path, suffix: str) -> Path:
+    """A file next to `path` named <stem><suffix> (a.png -> a.mask.png), or <stem>-2<suffix>,
+    -3, ... when that exists: a prediction never overwrites a file."""
+    path = Path(path)
+    candidate, number = path.with_name(path.stem + suffix), 2
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.stem}-{number}{suffix}"), number + 1
+    return candidate
 
 
 def json_ready(value: Any) -> Any:
@@ -103,10 +131,19 @@ def json_ready(value: Any) -> Any:
 
 
 def one_line_prediction(result: dict[str, Any]) -> str:
-    """`path: label 7, ...`: scalar fields as they are, short lists inline, long ones counted."""
+    """`path: label 7, ...`: scalar fields as they are, short lists inline, long ones counted,
+    a list of records one record after another (`objects circle [1, 2, 21, 22] 0.97; ...`);
+    `path: wrote FILE` for a prediction saved as a file."""
+    if "written" in result:
+        return f"{result['input']}: wrote {result['written']}"
     shown = []
     for name, value in result.items():
         if name == "input":
+            continue
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            records = "; ".join(" ".join(v if isinstance(v, str) else json.dumps(v) for v in item.values())
+                                for item in value)
+            shown.append(f"{name} {records}")
             continue
         text = json.dumps(value)
         shown.append(f"{name} {text if len(text) <= 60 else f'[{len(value)} values]'}")

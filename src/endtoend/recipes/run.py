@@ -40,25 +40,26 @@ from endtoend.userfile import one_line
 
 def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
                  epochs: int | None = None, resume: bool = False, checkpoint_every: int | None = None,
-                 progress: bool = True, data=None, **overrides: Any) -> Run:
-    """Build the recipe's end-to-end model (seeded) and `fit` it, writing a run directory."""
+                 progress: bool = True, data=None, variant: str | None = None, **overrides: Any) -> Run:
+    """Build the recipe's end-to-end model (seeded), or its `variant`, and `fit` it, writing a
+    run directory."""
     data = data or recipe_data(recipe, small)
+    build, settings = end_to_end_model(recipe, small, variant)
     seed_everything(seed)  # the model's initial weights depend on the seed
-    model = recipe.build_model(small)
-    settings = recipe_training(recipe, small)
+    model = build()
     if epochs is not None:
         settings["epochs"] = epochs
     settings.update(overrides)
     settings["metrics"] = _metrics_with_direction(recipe, settings.get("metrics"))
     return fit(model, data.train, val=data.val, test=data.test, out=out, seed=seed, resume=resume,
                checkpoint_every=checkpoint_every, progress=progress,
-               config=_run_config(recipe, small, data), **settings)
+               config=_run_config(recipe, small, data, variant), **settings)
 
 
-def _run_config(recipe: ModuleType, small: bool, data: Splits) -> dict[str, Any]:
+def _run_config(recipe: ModuleType, small: bool, data: Splits, variant: str | None = None) -> dict[str, Any]:
     """What a run directory records of its recipe: `e2e predict` rebuilds the model from it."""
     return {"recipe": recipe.NAME + (" --small" if small else ""), "recipe_source": recipe_source(recipe),
-            "small": small, "classes": is_classes(data.train[1])}
+            "small": small, "variant": variant, "classes": is_classes(data.train[1])}
 
 
 def _metrics_with_direction(recipe: ModuleType, metrics: Any) -> dict[str, Any]:
@@ -156,8 +157,11 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     curve_budgets = check_budgets(budgets) if budgets else None
     trained_budgets = sorted(set(curve_budgets or []) | {1.0}, reverse=True)  # the full set first: the rows
     regimes = check_regimes(recipe, regimes) if regimes else []
-    data, settings = recipe_data(recipe, small), recipe_training(recipe, small)
-    recipe_staged_pipelines(recipe, seeds[0])  # checked before anything is written
+    data = recipe_data(recipe, small)
+    rows_of_models = {None: END_TO_END, **{name: f"{END_TO_END}: {name}" for name in recipe_variants(recipe, small)}}
+    for variant in rows_of_models:  # checked before anything is written
+        end_to_end_model(recipe, small, variant)
+    recipe_staged_pipelines(recipe, seeds[0])
     _fresh_folder(out, "compare")
     train_inputs, train_targets = data.train
     test_inputs, test_targets = data.test
@@ -176,15 +180,18 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                 cell = cells[name][seed, budget] = _train_staged(recipe, pipeline, train, data.test, measure=first)
                 kinds[name] = "staged"
                 log(f"  failed: {cell.failed}" if cell.failed else _scored(recipe, cell))
-            log(f"training the end-to-end model from raw input ({where}) ...")
-            folder = out / "end-to-end" / (f"seed-{seed}" if budget == 1.0 else f"seed-{seed}-budget-{budget:g}")
-            epochs = None if budget == 1.0 else _epochs_for(settings, size_of(train_targets), size_of(train[1]))
-            run = train_recipe(recipe, folder, seed=seed, small=small, progress=progress, epochs=epochs,
-                               data=Splits(train=train, val=data.val, test=data.test))
-            cell = cells[END_TO_END][seed, budget] = _score_model(recipe, run.model, data.test, run.seconds,
-                                                                   classes=classes, settings=settings, measure=first)
-            kinds[END_TO_END] = "end-to-end"
-            log(_scored(recipe, cell))
+            for variant, row in rows_of_models.items():
+                log(f"training the end-to-end model{f' ({variant})' if variant else ''} from raw input ({where}) ...")
+                settings = end_to_end_model(recipe, small, variant)[1]
+                folder = out / _run_folder(variant) / (f"seed-{seed}" if budget == 1.0
+                                                       else f"seed-{seed}-budget-{budget:g}")
+                epochs = None if budget == 1.0 else _epochs_for(settings, size_of(train_targets), size_of(train[1]))
+                run = train_recipe(recipe, folder, seed=seed, small=small, progress=progress, epochs=epochs,
+                                   data=Splits(train=train, val=data.val, test=data.test), variant=variant)
+                cell = cells[row][seed, budget] = _score_model(recipe, run.model, data.test, run.seconds,
+                                                               classes=classes, settings=settings, measure=first)
+                kinds[row] = "end-to-end"
+                log(_scored(recipe, cell))
         if regimes:
             log(f"training the recipe's pipeline under the regimes: {', '.join(regimes)} (seed {seed}) ...")
             for name, cell in compare_regimes(recipe, data, regimes, seed=seed, small=small, measure=seed == seeds[0],
@@ -344,12 +351,56 @@ def recipe_training(recipe: ModuleType, small: bool) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise UsageError(f"recipe {recipe.NAME!r}: training() must return a dict of endtoend.fit arguments, "
                          f"got {type(settings).__name__} ({SEE})")
+    _check_settings(recipe, settings, "training()")
+    return dict(settings)
+
+
+def _check_settings(recipe: ModuleType, settings: dict[str, Any], where: str) -> None:
     taken = [key for key in SET_BY_COMPARE if key in settings]
     if taken:
-        raise UsageError(f"recipe {recipe.NAME!r}: training() sets {', '.join(taken)}, which the commands set "
+        raise UsageError(f"recipe {recipe.NAME!r}: {where} sets {', '.join(taken)}, which the commands set "
                          f"themselves (the data from load_data, --seed, --out, ...); remove {'it' if len(taken) == 1 else 'them'} "
                          f"({SEE})")
     return dict(settings)
+
+
+def recipe_variants(recipe: ModuleType, small: bool) -> dict[str, tuple[Callable[[], torch.nn.Module], dict]]:
+    """variants()'s {name: (model factory, fit settings)}: the recipe's other end-to-end models,
+    each a row of its own ("end-to-end: NAME"); {} for a recipe without variants."""
+    if not callable(getattr(recipe, "variants", None)):
+        return {}
+    found = recipe.variants(small)
+    if not isinstance(found, dict):
+        raise UsageError(f"recipe {recipe.NAME!r}: variants() must return {{name: (model factory, fit settings)}}, "
+                         f"got {type(found).__name__} ({SEE})")
+    for name, value in found.items():
+        if not isinstance(name, str) or not name.strip():
+            raise UsageError(f"recipe {recipe.NAME!r}: variant names must be non-empty strings, got {name!r} ({SEE})")
+        if not (isinstance(value, tuple) and len(value) == 2 and callable(value[0]) and isinstance(value[1], dict)):
+            raise UsageError(f"recipe {recipe.NAME!r}: variant {name!r} must be a pair (a function that builds the "
+                             f"model, a dict of fit settings), got {type(value).__name__} ({SEE})")
+        _check_settings(recipe, value[1], f"variants()[{name!r}]")
+    return found
+
+
+def end_to_end_model(recipe: ModuleType, small: bool,
+                     variant: str | None = None) -> tuple[Callable[[], torch.nn.Module], dict[str, Any]]:
+    """(model factory, fit settings) of the recipe's end-to-end model, or of one of its variants."""
+    if variant is None:
+        return (lambda: recipe.build_model(small)), recipe_training(recipe, small)
+    found = recipe_variants(recipe, small)
+    if variant not in found:
+        known = ", ".join(repr(name) for name in found) or "none"
+        raise UsageError(f"recipe {recipe.NAME!r} has no variant {variant!r}; its variants: {known}")
+    build, settings = found[variant]
+    return build, dict(settings)
+
+
+def _run_folder(variant: str | None) -> str:
+    """end-to-end, or end-to-end-<variant in lower case, words joined by dashes>."""
+    if variant is None:
+        return END_TO_END
+    return END_TO_END + "-" + "-".join("".join(c if c.isalnum() else " " for c in variant.lower()).split())
 
 
 def recipe_staged_pipelines(recipe: ModuleType, seed: int) -> dict[str, Any]:

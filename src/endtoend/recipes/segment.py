@@ -13,7 +13,8 @@ Hu moments, ...) and a scikit-learn classifier (random forest, or an SVM) that l
 component; the mask is painted from the components' labels.
 End-to-end: a small U-Net from the raw pixels, cross-entropy + soft Dice per pixel.
 Scored by mIoU over the 4 classes (exact, from one confusion matrix over the whole split).
-`e2e predict` reads image files (resized to 64x64 RGB) and prints the 64x64 mask of class ids.
+`e2e predict` reads image files (resized to 64x64 RGB) and writes each one's mask beside it as a PNG
+(pixel values = class ids), or prints the 64x64 masks as JSON with --json.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
-from endtoend import UsageError
-from endtoend.data import Splits
+from endtoend.data import Splits, read_rgb
 from endtoend.data.shapes import CLASSES as SHAPES
 from endtoend.data.shapes import SIZE, make_scenes, stack_images, stack_masks
 
@@ -343,22 +343,26 @@ def evaluate(predictions, targets) -> dict[str, float]:
 
 def read_input(path: str) -> torch.Tensor:
     """One image file (any format and size Pillow opens) as a (3, 64, 64) uint8 RGB tensor."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (SIZE, SIZE):
-                image = image.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
-            array = np.asarray(image, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise UsageError(f"cannot read {path} as an image: {error}") from None
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return read_rgb(path, SIZE)
 
 
 def format_prediction(prediction, output) -> dict:
     """The 64x64 mask of class ids (0 background, 1 circle, 2 square, 3 triangle)."""
     return {"mask": np.asarray(prediction).tolist()}
+
+
+def save_prediction(prediction, path: str):
+    """The mask as a PNG beside the input (a.png -> a.mask.png, never over an existing file):
+    a palette image whose pixel values are the class ids (0-3), shown in the report's colours."""
+    from PIL import Image
+
+    from endtoend.recipes.predict import beside
+
+    target = beside(path, ".mask.png")
+    image = Image.fromarray(np.asarray(prediction, dtype=np.uint8), mode="P")
+    image.putpalette((COLOURS * 255).round().astype(np.uint8).ravel().tolist())
+    image.save(target)
+    return target
 
 
 def report_figure(inputs, targets, predictions, count: int = 4):
