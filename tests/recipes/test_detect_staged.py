@@ -113,3 +113,16 @@ def test_bad_inputs_are_refused_with_the_shape_named():
         detector.fit(np.zeros((0, 3, 64, 64), dtype=np.uint8), np.zeros((0, 5, 5)))
     with pytest.raises(ValueError, match="before fit"):
         detector.predict(np.zeros((1, 3, 64, 64), dtype=np.uint8))
+
+
+def test_the_per_scene_work_across_processes_gives_the_in_process_detections(fitted):
+    """joblib only spreads the proposals and features over cores: 40 scenes (enough to take the
+    parallel path) predict the same as one process."""
+    held, original = stack_images(make_scenes(40, seed=104)), fitted.n_jobs
+    try:
+        fitted.n_jobs = 1
+        alone = fitted.predict(held)
+        fitted.n_jobs = 2
+        assert np.array_equal(fitted.predict(held), alone)
+    finally:
+        fitted.n_jobs = original
