@@ -22,7 +22,13 @@ def load_factory(spec: str) -> tuple:
     factory, or a return value of the wrong shape."""
     path, colon, name = spec.rpartition(":")
     if not colon:
-        return recipe_factory(spec)
+        try:
+            return recipe_factory(spec)
+        except UsageError as error:
+            if not spec.endswith(".py") or "no such recipe file" in str(error):
+                raise
+            raise UsageError(f"audit: {spec} is not a recipe file ({error}); to audit a model in it, give "
+                             f"PATH.py:FACTORY, a function returning (model, inputs)") from None
     if not path or not name:
         raise UsageError(f"audit: expected PATH.py:FACTORY or a recipe (a name from `e2e recipes`, or PATH.py), "
                          f"got {spec!r}")

@@ -89,7 +89,7 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
         batch = torch.stack([item]) if isinstance(item, torch.Tensor) else [item]
         prediction = predictor.predict(batch)[0]
         with eval_mode(model), torch.inference_mode():
-            output = model(to_device(batch, predictor.device, predictor.dtype))[0].cpu()
+            output = _first(model(to_device(batch, predictor.device, predictor.dtype)))
         if save and callable(getattr(recipe, "save_prediction", None)):
             results.append({"input": path, "written": str(_saved(recipe, prediction, path))})
             continue
@@ -97,6 +97,18 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
                   else {"prediction": prediction})
         results.append({"input": path, **json_ready(fields)})
     return results
+
+
+def _first(output: Any) -> Any:
+    """Item 0 of a batch-of-one output, on the host: a tensor's row, or each value's row of a
+    dict (detect's {"logits", "boxes"}), list or tuple of tensors."""
+    if isinstance(output, torch.Tensor):
+        return output[0].cpu()
+    if isinstance(output, dict):
+        return {key: _first(value) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        return type(output)(_first(value) for value in output)
+    return output
 
 
 def _saved(recipe: ModuleType, prediction: Any, path: str) -> Path:
