@@ -44,7 +44,10 @@ def no_training(monkeypatch):
 def test_recipes_lists_one_line_each(capsys):
     code, out, _ = run_cli(capsys, "recipes")
     assert code == 0
-    assert [line.split()[0] for line in out.strip().splitlines()] == ["detect", "digits", "mnist5k", "segment"]
+    recipes = [line.split()[0] for line in out.strip().splitlines() if not line.startswith(" ")]
+    assert recipes == ["detect", "digits", "drive", "mnist5k", "segment"]
+    options = [line.split()[0] for line in out.strip().splitlines() if line.startswith(" ")]
+    assert options == ["--eval-seed", "--tracks"]  # drive's own options, under it
 
 
 def test_help_on_every_verb():
@@ -67,6 +70,25 @@ def test_bad_flag_value_is_one_line_and_exit_2(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert one_line(err) and "--epochs" in err and "positive integer" in err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["compare", "digits", "--eval-seed", "3"], "recipe 'digits' has no option --eval-seed; its options: none"),
+    (["train", "drive", "--tracks", "many"], "--tracks of recipe 'drive' takes an integer (default 20), got 'many'"),
+    (["compare", "drive", "--eval-seed=50"], "--eval-seed 50: evaluation tracks (50-69) must not be training (0-99)"),
+    (["compare", "drive", "--tracks", "0"], "--tracks 0: evaluate on at least one track"),
+    (["train", "digits", "stray"], "unrecognized arguments: stray"),
+    (["predict", "run", "a.png", "--eval-seed", "3"], "unrecognized arguments: --eval-seed 3"),
+])
+def test_recipe_options_are_checked_against_the_recipe_in_one_line(tmp_path, capsys, no_training, argv, expected):
+    argv = argv + (["--out", str(tmp_path / "out")] if argv[0] != "predict" else [])
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2 and one_line(err) and expected in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_built_in_recipe_trains_end_to_end(tmp_path, capsys):

@@ -53,6 +53,24 @@ def test_a_recipe_missing_a_name_or_holding_a_wrong_kind_is_one_line(tmp_path, o
     assert "\n" not in message and message.endswith("(see docs/recipes.md)")
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ("OPTIONS = [('tracks', 3)]", "OPTIONS must be a dict, got [('tracks', 3)]"),
+    ("OPTIONS = {'tracks': 3}", "OPTIONS maps option names to (default, help), the default a number or a string; "
+                                "got 'tracks': 3"),
+    ("OPTIONS = {'my-tracks': (3, 'how many')}", "got 'my-tracks': (3, 'how many')"),
+    ("OPTIONS = {'fast': (True, 'a flag')}", "got 'fast': (True, 'a flag')"),
+    ("FIT_TEST = 0", "FIT_TEST must be a bool, got 0"),
+    ("TIMING_ITEMS = True", "TIMING_ITEMS must be an integer, got True"),
+    ("TIMING_ITEMS = -1", "TIMING_ITEMS must be 0 (no timing) or more, got -1"),
+    ("aggregate = 3", "aggregate must be a function, got int"),
+])
+def test_the_optional_constants_are_checked_when_given(tmp_path, extra, expected):
+    path = recipe_file(tmp_path, extra="\n" + extra + "\n")
+    with pytest.raises(UsageError) as error:
+        get_recipe(path)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
 def test_an_optional_part_must_be_a_function_when_given(tmp_path):
     with pytest.raises(UsageError, match=r"predict must be a function, got str \(see docs/recipes.md\)$"):
         get_recipe(recipe_file(tmp_path, extra='\npredict = "argmax"\n'))

@@ -9,6 +9,7 @@ Ctrl-C gets one line saying what was left behind, and exit code 130.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = recipe_verb("compare", "train the staged pipelines and the end-to-end model; compare",
                           "runs/RECIPE-TIMESTAMP", _compare)
+    for verb in (train, compare):
+        verb.epilog = ("A recipe's own options follow as --NAME VALUE (`e2e recipes` lists them), e.g. "
+                       "`e2e compare drive --eval-seed 777 --tracks 10`.")
     compare.add_argument("--regimes", type=_comma_list, metavar="LIST",
                          help="also train the recipe's pipeline under these regimes, e.g. staged,staged+joint,joint")
     compare.add_argument("--seeds", type=_number_list(int, "integers", "0,1,2"), metavar="LIST",
@@ -140,7 +144,10 @@ def _recipes(args: argparse.Namespace) -> int:
     from endtoend.recipes import RECIPES, get_recipe
 
     for name in sorted(RECIPES):
-        print(f"{name:10s} {get_recipe(name).DESCRIPTION}")
+        recipe = get_recipe(name)
+        print(f"{name:10s} {recipe.DESCRIPTION}")
+        for option, (default, text) in getattr(recipe, "OPTIONS", {}).items():
+            print(f"{'':10s}   --{option.replace('_', '-')} (default {default}): {text}")
     return 0
 
 
@@ -157,9 +164,10 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out: the run directory to continue")
     recipe = get_recipe(args.recipe)
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
+    options = run.recipe_options(recipe, args.options)
     trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
-                               progress=not args.no_progress, variant=args.variant)
+                               progress=not args.no_progress, variant=args.variant, options=options)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
     print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
     return 0
@@ -175,9 +183,10 @@ def _compare(args: argparse.Namespace) -> int:
     regimes = run.check_regimes(recipe, args.regimes) if args.regimes else None
     seeds = run.check_seeds(args.seeds or [args.seed])
     budgets = run.check_budgets(args.budgets) if args.budgets else None
+    options = run.recipe_options(recipe, getattr(args, "options", {}))
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
     comparison = run.compare_recipe(recipe, args.out, seeds=seeds, budgets=budgets, small=args.small,
-                                    progress=not args.no_progress, regimes=regimes, log=print)
+                                    progress=not args.no_progress, regimes=regimes, options=options, log=print)
     # Piped to a file rich would wrap at 80 columns; the table has up to a dozen of them.
     Console(width=None if sys.stdout.isatty() else 160).print(comparison_table(comparison))
     if "crossover" in comparison:
@@ -286,7 +295,9 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     if args.verb == "train":
         from endtoend.train.checkpoint import list_checkpoints
 
-        again = f"e2e train {args.recipe}{' --small' if args.small else ''} --out {out} --resume"
+        variant = f" --variant {shlex.quote(args.variant)}" if getattr(args, "variant", None) else ""
+        options = "".join(f" --{name} {shlex.quote(str(value))}" for name, value in getattr(args, "options", {}).items())
+        again = f"e2e train {args.recipe}{' --small' if args.small else ''}{variant}{options} --out {out} --resume"
 
         found = list_checkpoints(out / "checkpoints")
         if not found:
@@ -297,10 +308,45 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     return f"interrupted; {out} is incomplete and `e2e {args.verb}` cannot resume: start again with another --out"
 
 
+RECIPE_OPTION_VERBS = ("train", "compare")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """argv -> the verb's namespace. `e2e train` and `e2e compare` also take the recipe's own
+    options (its OPTIONS, e.g. drive's --eval-seed N): they land in `args.options` as strings,
+    checked against the recipe once it is loaded; anything else unknown is an error here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args.options = {}
+    if extra:
+        pairs = _option_pairs(extra) if args.verb in RECIPE_OPTION_VERBS else None
+        if pairs is None:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.options = pairs
+    return args
+
+
+def _option_pairs(extra: list[str]) -> dict[str, str] | None:
+    """["--eval-seed", "777", "--tracks=5"] -> {"eval-seed": "777", "tracks": "5"}; None when
+    the words are not such pairs."""
+    pairs, words = {}, list(extra)
+    while words:
+        word = words.pop(0)
+        if not word.startswith("--") or len(word) < 3:
+            return None
+        name, equals, value = word[2:].partition("=")
+        if not equals:
+            if not words or words[0].startswith("--"):
+                return None
+            value = words.pop(0)
+        pairs[name] = value
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         return args.handler(args)
     except UsageError as error:  # one line per problem (e2e predict names each bad input)
         for line in str(error).splitlines() or [""]:

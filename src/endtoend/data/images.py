@@ -94,9 +94,10 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """The image at `path` as a (3, size, size) uint8 RGB tensor, for models that take raw colour
-    pixels (the shapes-world recipes): any mode Pillow opens, first frame, EXIF orientation
+def read_rgb(path: str | os.PathLike, size: int | tuple[int, int]) -> torch.Tensor:
+    """The image at `path` as a (3, size, size) uint8 RGB tensor (or (3, height, width) for a
+    size (height, width)), for models that take raw colour pixels (the shapes-world recipes,
+    drive's camera frames): any mode Pillow opens, first frame, EXIF orientation
     applied, transparency composited on black, resized with Lanczos when its size differs. A
     missing or unreadable file raises UsageError with one line naming it."""
     from PIL import Image
@@ -106,6 +107,7 @@ def read_rgb(path: str | os.PathLike, size: int) -> torch.Tensor:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    height, width = (size, size) if isinstance(size, int) else size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)))

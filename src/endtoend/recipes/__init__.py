@@ -2,7 +2,7 @@
 
     NAME, DESCRIPTION, METRIC, HIGHER_IS_BETTER
     load_data(small)            -> endtoend.data.Splits: train, val, test, each (inputs, targets)
-    staged_pipelines(seed)      -> {name: object with fit(inputs, targets) and predict(inputs)}
+    staged_pipelines(seed[, small]) -> {name: object with fit(inputs, targets) and predict(inputs)}
     build_model(small)          -> the end-to-end nn.Module (raw input -> output)
     training(small)             -> keyword arguments of endtoend.fit
   optional:
@@ -13,6 +13,12 @@
     save_prediction(prediction, path) -> the file it wrote     `e2e predict` without --json
     variants(small)             -> {name: (model factory, fit settings)}: more end-to-end rows
     report_figure(inputs, targets, predictions)               test predictions drawn in report.html
+    report_animation(inputs, targets, predictions) -> {title: uint8 (T, H, W, 3)}   GIFs in report.html
+    variant_data(variant, train, small) -> the training pair a variant trains on (an ablation)
+    aggregate(model, train, round, small) -> the next training pair   with settings' rounds: N (DAgger)
+    OPTIONS = {name: (default, help)}   the recipe's own command-line options, given to load_data
+    FIT_TEST = False            the test split is not model inputs (drive's tracks): fit skips it
+    TIMING_ITEMS = n            latency and throughput timed on the first n test items only
     build_pipeline(small), regime_training(small)             for `e2e compare --regimes`
 
 A recipe is a built-in name (`RECIPES`) or the path of the user's own .py file. The contract is
@@ -34,6 +40,7 @@ RECIPES = {
     "mnist5k": "endtoend.recipes.mnist5k",
     "segment": "endtoend.recipes.segment",
     "detect": "endtoend.recipes.detect",
+    "drive": "endtoend.recipes.drive",
 }
 
 __all__ = ["RECIPES", "get_recipe", "recipe_source"]

@@ -2,7 +2,8 @@
 
 A recipe is a module: NAME, DESCRIPTION, METRIC, HIGHER_IS_BETTER; load_data, staged_pipelines,
 build_model, training; optionally predict, evaluate, read_input, format_prediction,
-save_prediction, report_figure, variants, build_pipeline, regime_training. This file says what
+save_prediction, report_figure, report_animation, variants, variant_data, aggregate, build_pipeline,
+regime_training; and the constants OPTIONS, FIT_TEST, TIMING_ITEMS. This file says what
 each part must be and calls the parts the same way for every pipeline, staged or end-to-end, so that their rows are comparable by
 construction: one `evaluate` scores them all, on predictions of the same form.
 """
@@ -26,7 +27,8 @@ from endtoend.train.data import to_device
 CONSTANTS = {"NAME": str, "DESCRIPTION": str, "METRIC": str, "HIGHER_IS_BETTER": bool}
 FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
 OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "save_prediction", "report_figure",
-                      "variants", "build_pipeline", "regime_training")
+                      "report_animation", "variants", "variant_data", "aggregate", "build_pipeline", "regime_training")
+OPTIONAL_CONSTANTS = {"OPTIONS": dict, "FIT_TEST": bool, "TIMING_ITEMS": int}
 SEE = "see docs/recipes.md"
 
 
@@ -42,6 +44,18 @@ def check_recipe(module: ModuleType, where: str) -> ModuleType:
         if not isinstance(value, kind) or (kind is str and not value.strip()):
             raise UsageError(f"{where}: {name} must be a {'non-empty string' if kind is str else kind.__name__}, "
                              f"got {value!r} ({SEE})")
+    for name, kind in OPTIONAL_CONSTANTS.items():
+        value = getattr(module, name, None)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+            raise UsageError(f"{where}: {name} must be {'an integer' if kind is int else 'a ' + kind.__name__}, "
+                             f"got {value!r} ({SEE})")
+    for option, value in (getattr(module, "OPTIONS", None) or {}).items():
+        if not (isinstance(option, str) and option.isidentifier() and isinstance(value, tuple) and len(value) == 2
+                and isinstance(value[0], (int, float, str)) and not isinstance(value[0], bool)):
+            raise UsageError(f"{where}: OPTIONS maps option names to (default, help), the default a number or a "
+                             f"string; got {option!r}: {value!r} ({SEE})")
+    if getattr(module, "TIMING_ITEMS", 0) < 0:
+        raise UsageError(f"{where}: TIMING_ITEMS must be 0 (no timing) or more, got {module.TIMING_ITEMS} ({SEE})")
     for name in FUNCTIONS + OPTIONAL_FUNCTIONS:
         if hasattr(module, name) and not callable(getattr(module, name)):
             raise UsageError(f"{where}: {name} must be a function, got {type(getattr(module, name)).__name__} ({SEE})")

@@ -12,6 +12,7 @@ curves and crossover are made of is endtoend.recipes.matrix. Progress lines go t
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections import defaultdict
@@ -40,26 +41,82 @@ from endtoend.userfile import one_line
 
 def train_recipe(recipe: ModuleType, out: Path, *, seed: int = 0, small: bool = False,
                  epochs: int | None = None, resume: bool = False, checkpoint_every: int | None = None,
-                 progress: bool = True, data=None, variant: str | None = None, **overrides: Any) -> Run:
+                 progress: bool = True, data=None, variant: str | None = None, options: dict[str, Any] | None = None,
+                 log: Callable[[str], None] = print, **overrides: Any) -> Run:
     """Build the recipe's end-to-end model (seeded), or its `variant`, and `fit` it, writing a
-    run directory."""
-    data = data or recipe_data(recipe, small)
+    run directory. Settings with `rounds: N` train N + 1 times (DAgger-style data aggregation):
+    after each training but the last, the recipe's `aggregate(model, train, round, small)`
+    returns the training pair of the next, which goes on from the weights reached; the earlier
+    rounds' run directories sit beside `out` (OUT-round-0, ...), the last one is `out`."""
+    options = recipe_options(recipe, options or {})
+    data = data or recipe_data(recipe, small, options)
     build, settings = end_to_end_model(recipe, small, variant)
+    rounds = _rounds(recipe, settings)
     seed_everything(seed)  # the model's initial weights depend on the seed
     model = build()
     if epochs is not None:
         settings["epochs"] = epochs
     settings.update(overrides)
     settings["metrics"] = _metrics_with_direction(recipe, settings.get("metrics"))
-    return fit(model, data.train, val=data.val, test=data.test, out=out, seed=seed, resume=resume,
-               checkpoint_every=checkpoint_every, progress=progress,
-               config=_run_config(recipe, small, data, variant), **settings)
+    test = data.test if getattr(recipe, "FIT_TEST", True) else None  # drive's test split is tracks, not frames
+    config = _run_config(recipe, small, data, variant, options)
+    train, spent = _variant_data(recipe, variant, data.train, small), 0.0
+    for round in range(rounds + 1):
+        folder = out if round == rounds else out.with_name(f"{out.name}-round-{round}")
+        if rounds:
+            log(f"  round {round} of {rounds}: training on {size_of(train[1])} items ...")
+        run = fit(model, train, val=data.val, test=test, out=folder, seed=seed,
+                  resume=resume and folder.exists(), checkpoint_every=checkpoint_every, progress=progress,
+                  config={**config, "round": round, "rounds": rounds} if rounds else config, **settings)
+        if round == rounds:
+            break
+        train, seconds = timed(lambda: _aggregated(recipe, run.model, train, round, small))
+        model, spent = run.model, spent + run.seconds + seconds
+    if rounds:
+        run.seconds += spent  # every round, and the data each one gathered
+    return run
 
 
-def _run_config(recipe: ModuleType, small: bool, data: Splits, variant: str | None = None) -> dict[str, Any]:
+def _variant_data(recipe: ModuleType, variant: str | None, train: tuple, small: bool) -> tuple:
+    """The training pair of a variant: the recipe's `variant_data(variant, train, small)` when it
+    has one (an ablation that trains on less, e.g. drive's BC without the shifted views), else
+    the training split itself."""
+    if variant is None or not callable(getattr(recipe, "variant_data", None)):
+        return train
+    pair = recipe.variant_data(variant, train, small)
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and size_of(pair[0]) == size_of(pair[1]) > 0):
+        raise UsageError(f"recipe {recipe.NAME!r}: variant_data() must return a training pair (inputs, targets) "
+                         f"of equal, non-zero length ({SEE})")
+    return tuple(pair)
+
+
+def _rounds(recipe: ModuleType, settings: dict[str, Any]) -> int:
+    """The `rounds` of data aggregation that fit settings ask for (taken out of them), checked."""
+    rounds = settings.pop("rounds", 0)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+        raise UsageError(f"recipe {recipe.NAME!r}: rounds must be a non-negative integer, got {rounds!r} ({SEE})")
+    if rounds and not callable(getattr(recipe, "aggregate", None)):
+        raise UsageError(f"recipe {recipe.NAME!r}: rounds = {rounds} needs an aggregate(model, train, round, small) "
+                         f"that returns the next round's training pair ({SEE})")
+    return rounds
+
+
+def _aggregated(recipe: ModuleType, model: torch.nn.Module, train: tuple, round: int, small: bool) -> tuple:
+    from endtoend.train.evaluate import eval_mode
+
+    with eval_mode(model), torch.inference_mode():
+        pair = recipe.aggregate(model, train, round, small)
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and size_of(pair[0]) == size_of(pair[1]) > 0):
+        raise UsageError(f"recipe {recipe.NAME!r}: aggregate() must return the next training pair (inputs, targets) "
+                         f"of equal, non-zero length ({SEE})")
+    return tuple(pair)
+
+
+def _run_config(recipe: ModuleType, small: bool, data: Splits, variant: str | None = None,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a run directory records of its recipe: `e2e predict` rebuilds the model from it."""
     return {"recipe": recipe.NAME + (" --small" if small else ""), "recipe_source": recipe_source(recipe),
-            "small": small, "variant": variant, "classes": is_classes(data.train[1])}
+            "small": small, "variant": variant, "options": options or {}, "classes": is_classes(data.train[1])}
 
 
 def _metrics_with_direction(recipe: ModuleType, metrics: Any) -> dict[str, Any]:
@@ -143,7 +200,8 @@ def compare_regimes(recipe: ModuleType, data: Any, regimes: list[str], *, seed: 
 
 def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[int, ...] = (0,),
                    budgets: list[float] | None = None, small: bool = False, progress: bool = True,
-                   regimes: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   regimes: list[str] | None = None, options: dict[str, Any] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """The recipe's staged pipelines and its end-to-end model, each trained once per seed on the
     same data and scored by the recipe's `evaluate`; writes out/comparison.json and
     out/report.html into a fresh folder, and returns the comparison (docs/recipes.md).
@@ -151,17 +209,19 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     `budgets` (fractions of the training set, e.g. [0.1, 0.5, 1.0]) also trains every pipeline
     on nested subsets of it and adds learning curves and the crossover. `regimes` (e.g.
     ["staged", "staged+joint", "joint"]) adds one row per regime of the recipe's pipeline.
+    `options` are the recipe's own (its OPTIONS, e.g. drive's eval_seed), given to load_data.
     """
     out = Path(out)
     seeds = check_seeds(seeds)
     curve_budgets = check_budgets(budgets) if budgets else None
     trained_budgets = sorted(set(curve_budgets or []) | {1.0}, reverse=True)  # the full set first: the rows
     regimes = check_regimes(recipe, regimes) if regimes else []
-    data = recipe_data(recipe, small)
+    options = recipe_options(recipe, options or {})
+    data = recipe_data(recipe, small, options)
     rows_of_models = {None: END_TO_END, **{name: f"{END_TO_END}: {name}" for name in recipe_variants(recipe, small)}}
     for variant in rows_of_models:  # checked before anything is written
         end_to_end_model(recipe, small, variant)
-    recipe_staged_pipelines(recipe, seeds[0])
+    recipe_staged_pipelines(recipe, seeds[0], small)
     _fresh_folder(out, "compare")
     train_inputs, train_targets = data.train
     test_inputs, test_targets = data.test
@@ -175,7 +235,7 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
             train = (take(train_inputs, subsets[budget]), take(train_targets, subsets[budget]))
             first = seed == seeds[0] and budget == 1.0
             where = f"seed {seed}" + ("" if budget == 1.0 else f", {budget:.0%} of train = {len(subsets[budget])} items")
-            for name, pipeline in recipe_staged_pipelines(recipe, seed).items():
+            for name, pipeline in recipe_staged_pipelines(recipe, seed, small).items():
                 log(f"training staged pipeline: {name} ({where}) ...")
                 cell = cells[name][seed, budget] = _train_staged(recipe, pipeline, train, data.test, measure=first)
                 kinds[name] = "staged"
@@ -187,7 +247,8 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                                                        else f"seed-{seed}-budget-{budget:g}")
                 epochs = None if budget == 1.0 else _epochs_for(settings, size_of(train_targets), size_of(train[1]))
                 run = train_recipe(recipe, folder, seed=seed, small=small, progress=progress, epochs=epochs,
-                                   data=Splits(train=train, val=data.val, test=data.test), variant=variant)
+                                   data=Splits(train=train, val=data.val, test=data.test), variant=variant,
+                                   options=options, log=log)
                 cell = cells[row][seed, budget] = _score_model(recipe, run.model, data.test, run.seconds,
                                                                classes=classes, settings=settings, measure=first)
                 kinds[row] = "end-to-end"
@@ -200,11 +261,15 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                 kinds[name] = "staged" if name == "regime: staged" else "end-to-end"
 
     measured = {name: by_run[seeds[0], 1.0] for name, by_run in cells.items()}  # timed and kept: first seed, full set
-    measure_speed(measured, test_inputs, log)
+    timing_items = getattr(recipe, "TIMING_ITEMS", None)
+    if timing_items == 0:  # drive: an item is a whole drive; its evaluate times the policy per frame
+        log("timing skipped: the recipe times its pipelines itself (TIMING_ITEMS = 0)")
+    else:
+        measure_speed(measured, test_inputs if timing_items is None else test_inputs[:timing_items], log)
     rows = [make_row(recipe, name, kinds[name], [cells[name][seed, 1.0] for seed in seeds]) for name in cells]
     comparison = {"recipe": recipe.NAME, "description": recipe.DESCRIPTION, "metric": recipe.METRIC,
                   "higher_is_better": recipe.HIGHER_IS_BETTER, "seeds": seeds, "budgets": sorted(trained_budgets),
-                  "small": small, "rows": rows, "end_to_end_run": str(out / "end-to-end" / f"seed-{seeds[0]}"),
+                  "small": small, "options": options, "rows": rows, "end_to_end_run": str(out / "end-to-end" / f"seed-{seeds[0]}"),
                   "torch": torch.__version__}
     if curve_budgets:
         curves = {name: [curve_point(recipe, budget, items[budget], [by_run[seed, budget] for seed in seeds])
@@ -218,9 +283,40 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
         comparison["gallery"] = gallery(predictions, test_targets,
                                         focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
     examples = _examples(recipe, data.test, predictions, log)
+    animations = _animations(recipe, data.test, predictions, out, log)
+    if animations:
+        comparison["animations"] = animations
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     write_comparison_report(out, comparison, images=images, examples=examples)
     return comparison
+
+
+ANIMATION_FPS = 5
+
+
+def _animations(recipe: ModuleType, test: tuple, predictions: dict[str, Any], out: Path,
+                log: Callable[[str], None]) -> dict[str, str]:
+    """The recipe's animations of test predictions (optional `report_animation`: {title: uint8
+    frames (T, H, W, 3)}) as GIFs beside report.html, at ANIMATION_FPS: {title: file name}. One
+    that fails is left out with one line, like report_figure."""
+    if not callable(getattr(recipe, "report_animation", None)):
+        return {}
+    import imageio.v3 as imageio
+
+    try:
+        found = recipe.report_animation(test[0], test[1], predictions)
+        written = {}
+        for title, frames in found.items():
+            frames = np.asarray(frames)
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+                raise ValueError(f"{title!r}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+            name = f"animation-{_slug(title)}.gif"
+            imageio.imwrite(out / name, frames, duration=1000 / ANIMATION_FPS, loop=0)
+            written[title] = name
+        return written
+    except Exception as error:  # noqa: BLE001 - the recipe's drawing code may raise anything
+        log(f"report_animation() failed, so report.html has no animations: {one_line(error)}")
+        return {}
 
 
 def _examples(recipe: ModuleType, test: tuple, predictions: dict[str, Any], log: Callable[[str], None]):
@@ -303,10 +399,9 @@ def measure_speed(cells: dict[str, Cell], inputs: Any, log: Callable[[str], None
         if cell.predict is None:
             continue
         try:
-            cell.predict(inputs[0:1])
+            milliseconds = latency(cell.predict, inputs)  # warms up first
             _, seconds = timed(lambda: cell.predict(inputs))
-            cell.measures.update(predict_ms_per_item=latency(cell.predict, inputs),
-                                 items_per_second=size_of(inputs) / seconds)
+            cell.measures.update(predict_ms_per_item=milliseconds, items_per_second=size_of(inputs) / seconds)
         except UsageError:
             raise
         except Exception as error:  # noqa: BLE001 - e.g. a pipeline that cannot predict a single item
@@ -324,9 +419,32 @@ def _are_images(inputs: Any) -> bool:
 
 # --- the recipe's parts, checked where they are called: a wrong one is one line naming it ----------
 
-def recipe_data(recipe: ModuleType, small: bool) -> Splits:
-    """load_data's Splits: train, val and test, each a pair (inputs, targets) of equal length."""
-    data = recipe.load_data(small)
+def recipe_options(recipe: ModuleType, given: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's OPTIONS ({name: (default, help)}) with the `given` values (strings from the
+    command line, or values) converted to each default's type; an unknown name or a value of
+    the wrong type is one line naming the recipe's options. {} for a recipe without OPTIONS."""
+    declared = getattr(recipe, "OPTIONS", {}) or {}
+    known = ", ".join(f"--{name.replace('_', '-')}" for name in declared) or "none"
+    options = {}
+    for name, value in given.items():
+        key = name.lstrip("-").replace("-", "_")
+        if key not in declared:
+            raise UsageError(f"recipe {recipe.NAME!r} has no option --{key.replace('_', '-')}; its options: {known}")
+        kind = type(declared[key][0])
+        try:
+            options[key] = kind(value) if not isinstance(value, kind) else value
+        except (TypeError, ValueError):
+            kinds = {int: "an integer", float: "a number", str: "a string"}
+            raise UsageError(f"--{key.replace('_', '-')} of recipe {recipe.NAME!r} takes {kinds[kind]} "
+                             f"(default {declared[key][0]!r}), got {value!r}") from None
+    return {name: options.get(name, default) for name, (default, _) in declared.items()}
+
+
+def recipe_data(recipe: ModuleType, small: bool, options: dict[str, Any] | None = None) -> Splits:
+    """load_data's Splits: train, val and test, each a pair (inputs, targets) of equal length.
+    A recipe with OPTIONS gets them as keyword arguments (the defaults when none are given)."""
+    data = recipe.load_data(small, **recipe_options(recipe, options or {})) if getattr(recipe, "OPTIONS", None) \
+        else recipe.load_data(small)
     if not all(hasattr(data, split) for split in ("train", "val", "test")):
         raise UsageError(f"recipe {recipe.NAME!r}: load_data() must return endtoend.data.Splits(train=, val=, "
                          f"test=), got {type(data).__name__} ({SEE})")
@@ -397,16 +515,20 @@ def end_to_end_model(recipe: ModuleType, small: bool,
 
 
 def _run_folder(variant: str | None) -> str:
-    """end-to-end, or end-to-end-<variant in lower case, words joined by dashes>."""
-    if variant is None:
-        return END_TO_END
-    return END_TO_END + "-" + "-".join("".join(c if c.isalnum() else " " for c in variant.lower()).split())
+    """end-to-end, or end-to-end-<the variant's slug>."""
+    return END_TO_END if variant is None else f"{END_TO_END}-{_slug(variant)}"
 
 
-def recipe_staged_pipelines(recipe: ModuleType, seed: int) -> dict[str, Any]:
+def _slug(text: str) -> str:
+    """Lower case, words joined by dashes: "end-to-end: DAgger" -> "end-to-end-dagger"."""
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) or "unnamed"
+
+
+def recipe_staged_pipelines(recipe: ModuleType, seed: int, small: bool = False) -> dict[str, Any]:
     """staged_pipelines' {name: pipeline}, each with fit() and predict(), named apart from the
-    rows compare adds itself."""
-    pipelines = recipe.staged_pipelines(seed)
+    rows compare adds itself; `small` goes to a staged_pipelines(seed, small) that takes it."""
+    accepts_small = "small" in inspect.signature(recipe.staged_pipelines).parameters
+    pipelines = recipe.staged_pipelines(seed, small=small) if accepts_small else recipe.staged_pipelines(seed)
     if not isinstance(pipelines, dict):
         raise UsageError(f"recipe {recipe.NAME!r}: staged_pipelines() must return {{name: pipeline}}, "
                          f"got {type(pipelines).__name__} ({SEE})")

@@ -362,6 +362,16 @@ def _footer_html(comparison: dict[str, Any]) -> str:
     return f"<p class='note'>{html.escape('; '.join(facts))}</p>" if facts else ""
 
 
+def _animations_html(comparison: dict[str, Any]) -> str:
+    """The recipe's animations (GIFs written beside report.html), one per pipeline."""
+    animations = comparison.get("animations") or {}
+    if not animations:
+        return ""
+    items = "".join(f"<figure style='display:inline-block;margin:0 1em 1em 0'><img src='{html.escape(name)}'>"
+                    f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, name in animations.items())
+    return "<h2>Animations</h2><p>One test prediction of each pipeline, animated by the recipe.</p>" + items
+
+
 def write_comparison_report(folder: Path, comparison: dict[str, Any], images: Any = None,
                             examples: Figure | None = None) -> Path:
     """folder/report.html for a comparison.json: staged pipelines vs the end-to-end model.
@@ -378,7 +388,7 @@ def write_comparison_report(folder: Path, comparison: dict[str, Any], images: An
              _regimes_html(comparison), _gallery_html(comparison, images),
              ("<h2>Examples</h2><p>Test inputs and each pipeline's predictions, drawn by the recipe.</p>"
               + _figure_html(examples)) if examples is not None else "",
-             _footer_html(comparison)]
+             _animations_html(comparison), _footer_html(comparison)]
     path = folder / "report.html"
     path.write_text(_page(f"endtoend compare: {comparison['recipe']}", [p for p in parts if p]))
     return path
