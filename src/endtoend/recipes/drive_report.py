@@ -16,33 +16,80 @@ EVERY = 2       # animation: every second step (5 frames per second of driving)
 
 
 def drives_figure(predictions: dict[str, list]) -> Figure:
-    """One row per pipeline: its camera strip on the first evaluation track, then its paths on
-    the first two."""
+    """One row per pipeline: what its camera saw (the 1.8 s before its first failure, when it
+    failed; else a strip of its first drive), then its paths on the two tracks where the most
+    pipelines failed (the same two for every row)."""
     names = [name for name, drives in predictions.items() if drives]
-    figure = Figure(figsize=(13, 2.8 * len(names)))
+    shown = hardest_tracks(predictions, 2)
+    figure = Figure(figsize=(13, 2.9 * len(names)))
     grid = figure.add_gridspec(len(names), 4, width_ratios=[1.6, 0.05, 1, 1])
     for row, name in enumerate(names):
         drives = predictions[name]
-        strip = figure.add_subplot(grid[row, 0])
-        strip.imshow(camera_strip(drives[0]))
-        strip.set_title(f"{name}: camera, track {drives[0].seed}", fontsize=9)
-        strip.axis("off")
-        for column, record in enumerate(drives[:2]):
-            draw_path(figure.add_subplot(grid[row, 2 + column]), record)
+        camera = figure.add_subplot(grid[row, 0])
+        failed = next((d for d in drives if d.before_failure is not None), None)
+        if failed is not None:
+            camera.imshow(tiles(failed.before_failure))
+            camera.set_title(f"{name}: the camera before it left the road, track {failed.seed} at "
+                             f"{failed.distance_before_failure:.0f} m ({conditions(failed)})", fontsize=8)
+        else:
+            camera.imshow(camera_strip(drives[0]))
+            camera.set_title(f"{name}: camera, track {drives[0].seed} (no failure on any track)", fontsize=8)
+        camera.axis("off")
+        by_seed = {d.seed: d for d in drives}
+        for column, seed in enumerate(shown):
+            if seed in by_seed:
+                draw_path(figure.add_subplot(grid[row, 2 + column]), by_seed[seed])
     figure.tight_layout()
     return figure
 
 
-def camera_strip(record) -> np.ndarray:
-    """STRIP frames evenly over the drive, in two rows (2 H, STRIP / 2 W, 3), with a white
-    gap between them; grey when the drive kept no frames."""
-    if record.frames is None:
-        return np.full((2 * 48, 96 * STRIP // 2, 3), 128, dtype=np.uint8)
-    picks = np.linspace(0, len(record.frames) - 1, STRIP).astype(int)
-    tiles = [np.pad(record.frames[i].transpose(1, 2, 0), ((1, 1), (1, 1), (0, 0)), constant_values=255)
-             for i in picks]
+def hardest_tracks(predictions: dict[str, list], count: int) -> list[int]:
+    """The `count` track seeds with the most interventions over all pipelines (ties: in order)."""
+    seeds = [d.seed for d in next(iter(predictions.values()))]
+    trouble = {seed: 0 for seed in seeds}
+    for drives in predictions.values():
+        for d in drives:
+            trouble[d.seed] = trouble.get(d.seed, 0) + d.interventions
+    return sorted(trouble, key=lambda seed: (-trouble[seed], seeds.index(seed) if seed in seeds else 0))[:count]
+
+
+def conditions(record) -> str:
+    """What the road was like where `record` first failed: worn or faded paint, a shadow in
+    the 20 m before, the bend's radius."""
+    road = sim.track(record.seed)
+    s = record.distance_before_failure
+    found = []
+    if any(start - 15 <= s <= end + 5 for start, end in road.look.faded):
+        found.append("faded paint")
+    if road.look.wear > 0.35:
+        found.append(f"worn paint ({road.look.wear:.0%})")
+    i = int(np.clip(s / road.s[1], 0, len(road.s) - 1))
+    lo = max(int((s - 20) / road.s[1]), 0)
+    for x, y, along, _ in road.look.shadows:
+        if np.min(np.hypot(road.x[lo:i + 1] - x, road.y[lo:i + 1] - y)) < along + 3:
+            found.append("shadow")
+            break
+    window = road.curvature[lo:i + 1]
+    bend = float(np.abs(window).max()) if len(window) else 0.0
+    found.append(f"bend radius {1 / bend:.0f} m" if bend > 1 / 60 else "nearly straight")
+    return ", ".join(found)
+
+
+def tiles(frames: np.ndarray) -> np.ndarray:
+    """Up to STRIP (3, H, W) frames in two rows of three, with white gaps."""
+    padded = [np.pad(f.transpose(1, 2, 0), ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in frames]
+    while len(padded) < STRIP:
+        padded.append(np.full_like(padded[0], 255))
     half = STRIP // 2
-    return np.concatenate([np.concatenate(tiles[:half], axis=1), np.concatenate(tiles[half:], axis=1)], axis=0)
+    return np.concatenate([np.concatenate(padded[:half], axis=1), np.concatenate(padded[half:STRIP], axis=1)], axis=0)
+
+
+def camera_strip(record) -> np.ndarray:
+    """STRIP frames evenly over the drive, in two rows; grey when the drive kept no frames."""
+    if record.frames is None:
+        return np.full((2 * 50, 98 * STRIP // 2, 3), 128, dtype=np.uint8)
+    picks = np.linspace(0, len(record.frames) - 1, STRIP).astype(int)
+    return tiles(record.frames[picks])
 
 
 def draw_path(axes, record) -> None:

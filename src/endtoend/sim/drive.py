@@ -28,6 +28,9 @@ DISTANCE = 300.0     # metres of road each drive covers
 TAKEOVER = 2.0       # seconds the safety driver keeps the wheel
 
 
+BEFORE, BEFORE_EVERY = 6, 3  # frames kept before a failure, every third step (the last 1.8 s)
+
+
 def max_steps(distance: float) -> int:
     return int(1.5 * distance / (SPEED * DT))  # a car that makes no progress still stops
 CAMERA = Camera()
@@ -54,6 +57,7 @@ class DriveRecord:
     commands: np.ndarray               # (steps,) the policy's commands
     policy_seconds: float              # time spent in the policy, all cars of the batch together
     frames: np.ndarray | None = None   # (steps, 3, H, W) uint8 when kept
+    before_failure: np.ndarray | None = None  # (<= BEFORE, 3, H, W): what the camera saw leading up to the first failure
     open_loop_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |policy - expert| on the expert's frames
 
 
@@ -91,7 +95,8 @@ def drive(seeds: list[int], policy: Policy | None, *, keep_frames: int = 0, reco
     interventions = np.zeros(count, dtype=int)
     first_failure = np.full(count, np.nan)
     done = np.zeros(count, dtype=bool)
-    logs = [dict(path=[], autonomous=[], commands=[], lateral=[], frames=[]) for _ in range(count)]
+    logs = [dict(path=[], autonomous=[], commands=[], lateral=[], frames=[], recent=[], before=None)
+            for _ in range(count)]
     seen, labels = [], []
     if hasattr(policy, "reset"):
         policy.reset(count)
@@ -114,13 +119,17 @@ def drive(seeds: list[int], policy: Policy | None, *, keep_frames: int = 0, reco
             if record:
                 seen.append(frames[k].copy())
                 labels.append(expert)
+            log = logs[k]
+            if policy is not None:
+                log["recent"] = (log["recent"] + [frames[k].copy()])[-BEFORE * BEFORE_EVERY:]
             if takeover[k] == 0 and off_road(road, state, along[k]):
+                if interventions[k] == 0 and log["recent"]:
+                    log["before"] = np.stack(log["recent"][::-1][::BEFORE_EVERY][::-1])
                 interventions[k] += 1
                 takeover[k] = int(round(TAKEOVER / DT))
                 if np.isnan(first_failure[k]):
                     first_failure[k] = along[k]
             autonomous = takeover[k] == 0
-            log = logs[k]
             cx, cy = centre(state)
             log["path"].append((cx, cy))
             log["autonomous"].append(autonomous)
@@ -143,7 +152,7 @@ def drive(seeds: list[int], policy: Policy | None, *, keep_frames: int = 0, reco
             lateral_errors=np.array(log["lateral"]), path=np.array(log["path"]).reshape(-1, 2),
             autonomous=np.array(log["autonomous"], dtype=bool), commands=np.array(log["commands"]),
             policy_seconds=policy_seconds / count,
-            frames=np.stack(log["frames"]) if log["frames"] else None))
+            frames=np.stack(log["frames"]) if log["frames"] else None, before_failure=log["before"]))
     data = (np.stack(seen), np.array(labels, dtype=np.float32)) if record and seen else None
     return records, data
 
