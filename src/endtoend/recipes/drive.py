@@ -81,12 +81,6 @@ def load_data(small: bool = False, eval_seed: int = 1000, tracks: int = 20) -> S
                   test=(drives, drives.clone()))
 
 
-def drives_of(inputs) -> tuple[list[int], float]:
-    """The test split's items, (K, 2) integers: a track's seed and the metres to drive on it."""
-    rows = np.asarray(inputs.cpu() if isinstance(inputs, torch.Tensor) else inputs).reshape(-1, 2)
-    return [int(seed) for seed in rows[:, 0]], float(rows[0, 1]) if len(rows) else sim.DISTANCE
-
-
 def staged_pipelines(seed: int = 0, small: bool = False) -> dict:
     """Lane detection -> a Kalman filter on the centre line -> pursuit, tuned on training tracks:
     on the painted markings alone (what the textbook pipeline sees), and with the road's own
@@ -137,7 +131,7 @@ def predict(model: nn.Module, inputs: torch.Tensor):
     """Drives ((K, 2): track seed, metres) -> the network's closed-loop drives on them; camera
     frames (N, 3, 48, 96) -> their steering (what `e2e predict` asks)."""
     if inputs.dim() == 2:
-        seeds, metres = drives_of(inputs)
+        seeds, metres = sim.drives_of(inputs)
         return sim.evaluate_policy(seeds, NetworkPolicy(model), distance=metres)
     return model(inputs)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from endtoend.sim.car import MAX_STEER
+from endtoend.train.evaluate import eval_mode
 
 
 def conv(inputs: int, outputs: int, kernel: int, stride: int) -> nn.Sequential:
@@ -45,11 +46,6 @@ class NetworkPolicy:
         self.device = first.device if first is not None else torch.device("cpu")
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-                return self.model(batch).float().cpu().numpy()
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            return self.model(batch).float().cpu().numpy()

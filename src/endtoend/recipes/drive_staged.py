@@ -36,7 +36,7 @@ from scipy import ndimage
 from skimage.color import rgb2hsv
 
 from endtoend.sim.car import DT, MAX_STEER, RATE, SPEED, WHEELBASE
-from endtoend.sim.drive import CAMERA, drive, evaluate_policy, in_parallel
+from endtoend.sim.drive import CAMERA, drive, drives_of, evaluate_policy, in_parallel
 from endtoend.sim.expert import pursuit
 from endtoend.sim.road import EDGE_LINE, ROAD_WIDTH
 
@@ -324,6 +324,5 @@ class StagedDriver:
     def predict(self, drives) -> list:
         """The drive recipe's test items, (K, 2) integers (track seed, metres) -> the tuned
         policy's closed-loop drives on them."""
-        rows = np.asarray(drives.detach().cpu() if hasattr(drives, "detach") else drives).reshape(-1, 2)
-        return evaluate_policy([int(s) for s in rows[:, 0]], self.policy, distance=float(rows[0, 1]),
-                               n_jobs=self.n_jobs)
+        seeds, metres = drives_of(drives)
+        return evaluate_policy(seeds, self.policy, distance=metres, n_jobs=self.n_jobs)

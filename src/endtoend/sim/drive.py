@@ -157,6 +157,13 @@ def drive(seeds: list[int], policy: Policy | None, *, keep_frames: int = 0, reco
     return records, data
 
 
+def drives_of(items) -> tuple[list[int], float]:
+    """The drive recipe's test items, (K, 2) integers (a tensor or an array): each a track's
+    seed and the metres to drive on it -> (seeds, metres)."""
+    rows = np.asarray(items.detach().cpu() if hasattr(items, "detach") else items).reshape(-1, 2)
+    return [int(seed) for seed in rows[:, 0]], float(rows[0, 1]) if len(rows) else DISTANCE
+
+
 def evaluate_policy(seeds: list[int], policy: Policy, keep_frames: int = 2, distance: float = DISTANCE,
                     n_jobs: int = 1) -> list[DriveRecord]:
     """What every pipeline's predictions are: its closed-loop drives on the tracks of `seeds`
