@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_predict)
     predict.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                          help="a finished run directory (e2e train --out, or OUT/end-to-end/seed-0 of e2e compare)")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="raw input files, e.g. PNG images")
+    predict.add_argument("inputs", nargs="*", metavar="INPUT", help="raw input files, e.g. PNG images")
+    predict.add_argument("--text", action="append", default=[], metavar="TEXT",
+                         help="an input given as text on the command line (recipes with read_text, such as "
+                         "translate: --text 'four hundred and two'); may be repeated")
     predict.add_argument("--json", action="store_true", help="print a JSON list of {input, ...prediction} (without "
                          "it, recipes that save predictions as files, such as segment's masks, write them beside "
                          "each input, never over an existing file)")
@@ -200,8 +203,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from endtoend.recipes.predict import load_trained, one_line_prediction, predict_files
 
+    if not args.inputs and not args.text:
+        raise UsageError("e2e predict needs inputs: files (e2e predict RUN a.png) or --text 'a phrase'")
     recipe, model, classes = load_trained(args.run_dir)
-    results = predict_files(recipe, model, args.inputs, classes, save=not args.json)
+    results = predict_files(recipe, model, args.inputs, classes, save=not args.json, texts=args.text)
     if args.json:  # a JSON list, one input per line
         print("[\n" + ",\n".join(f"  {json.dumps(r)}" for r in results) + "\n]")
     else:

@@ -41,6 +41,7 @@ RECIPES = {
     "segment": "endtoend.recipes.segment",
     "detect": "endtoend.recipes.detect",
     "drive": "endtoend.recipes.drive",
+    "translate": "endtoend.recipes.translate",
 }
 
 __all__ = ["RECIPES", "get_recipe", "recipe_source"]

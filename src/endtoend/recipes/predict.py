@@ -62,14 +62,18 @@ def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
 
 
 def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classes: bool,
-                  save: bool = False) -> list[dict[str, Any]]:
+                  save: bool = False, texts: list[str] = ()) -> list[dict[str, Any]]:
     """One {"input": path, ...prediction fields} per file, or with `save` and a recipe that
-    defines save_prediction, {"input": path, "written": the file it wrote}. Every file is read
+    defines save_prediction, {"input": path, "written": the file it wrote}; then one
+    {"input": text, ...} per text, read by the recipe's `read_text(text)`. Every input is read
     before any is predicted: a missing or unreadable one raises UsageError naming each (one line
     each)."""
-    if not callable(getattr(recipe, "read_input", None)):
+    if paths and not callable(getattr(recipe, "read_input", None)):
         raise UsageError(f"recipe {recipe.NAME!r} defines no read_input(path), so `e2e predict` cannot turn a file "
                          f"into its input ({SEE})")
+    if texts and not callable(getattr(recipe, "read_text", None)):
+        raise UsageError(f"recipe {recipe.NAME!r} defines no read_text(text), so `e2e predict --text` cannot turn "
+                         f"text into its input; give files instead ({SEE})")
     inputs, problems = [], []
     for path in paths:
         if not Path(path).is_file():
@@ -81,16 +85,21 @@ def predict_files(recipe: ModuleType, model: nn.Module, paths: list[str], classe
             problems.append(str(error) if path in str(error) else f"{path}: {error}")
         except Exception as error:  # noqa: BLE001 - the recipe's reader may raise anything
             problems.append(f"{path}: could not read it ({one_line(error)})")
+    for phrase in texts:
+        try:
+            inputs.append(recipe.read_text(phrase))
+        except UsageError as error:
+            problems.append(f"--text {phrase!r}: {error}")
     if problems:
         raise UsageError("\n".join(problems))
     predictor = ModelPredictor(recipe, model, classes=classes, batch_size=1)
     results = []
-    for path, item in zip(paths, inputs):
+    for number, (path, item) in enumerate(zip([*paths, *texts], inputs)):
         batch = torch.stack([item]) if isinstance(item, torch.Tensor) else [item]
         prediction = predictor.predict(batch)[0]
         with eval_mode(model), torch.inference_mode():
             output = _first(model(to_device(batch, predictor.device, predictor.dtype)))
-        if save and callable(getattr(recipe, "save_prediction", None)):
+        if save and number < len(paths) and callable(getattr(recipe, "save_prediction", None)):
             results.append({"input": path, "written": str(_saved(recipe, prediction, path))})
             continue
         fields = (recipe.format_prediction(prediction, output) if hasattr(recipe, "format_prediction")
