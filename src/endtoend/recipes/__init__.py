@@ -42,6 +42,7 @@ RECIPES = {
     "detect": "endtoend.recipes.detect",
     "drive": "endtoend.recipes.drive",
     "translate": "endtoend.recipes.translate",
+    "speech": "endtoend.recipes.speech",
 }
 
 __all__ = ["RECIPES", "get_recipe", "recipe_source"]
