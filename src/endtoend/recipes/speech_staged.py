@@ -30,6 +30,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein  # word errors of a decode against its transcript
 
 RATE = 16_000
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -378,7 +379,7 @@ class HMMRecognizer:
         for scale in scales:
             for penalty in (-3.0, 0.0, 2.0, 5.0, 10.0):
                 graph = word_loop_graph(self.word_sizes, SILENCE_STATES, self.log_stay, penalty)
-                errors = sum(_edit_distance(decode(graph, l, scale) or [], t) for l, t in zip(likelihoods, transcripts))
+                errors = sum(Levenshtein.distance(decode(graph, l, scale) or [], t) for l, t in zip(likelihoods, transcripts))
                 if best is None or errors < best[0]:
                     best = (errors, scale, penalty)
         _, self.acoustic_scale, self.insertion_penalty = best
@@ -396,13 +397,3 @@ class HMMRecognizer:
             words = decode(graph, self._log_likelihoods(features(audio)[0]), self.acoustic_scale)
             out.append(" ".join(DIGITS[w] for w in words or []))
         return out
-
-
-def _edit_distance(a: list[int], b: list[int]) -> int:
-    """Word errors (substitutions + deletions + insertions) of `a` against `b`."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]

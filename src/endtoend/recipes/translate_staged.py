@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein  # an unknown word -> the nearest known one
 
 from endtoend.data.numbers import normalise
 
@@ -375,15 +376,6 @@ GRID = {"lm_weight": [0.25, 0.5, 1.0, 2.0], "distortion_weight": [0.1, 0.3, 1.0]
 QUICK_GRID = {"lm_weight": [0.25, 0.5, 1.0], "word_bonus": [0.0, 1.0], "distortion_limit": [0, 2], "beam_size": [5, 10]}
 
 
-def edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return row[-1]
-
-
 class PhraseBasedTranslator:
     """English number phrases -> German compounds by phrase-based SMT (see the module doc).
 
@@ -460,7 +452,7 @@ class PhraseBasedTranslator:
         words = []
         for word in normalise(phrase).split():
             if word not in self.vocabulary:
-                distance, word = min((edit_distance(word, known), known) for known in self.source_words)
+                distance, word = min((Levenshtein.distance(word, known), known) for known in self.source_words)
                 if distance > 2:
                     continue
             words.append(word)
