@@ -186,8 +186,10 @@ def read_input(path) -> torch.Tensor:
     if samples.size == 0:
         raise UsageError(f"{path}: holds no samples")
     if samples.dtype.kind in "iu":  # integer PCM at its full range; 8-bit WAV is unsigned, centred on 128
-        half = float(np.iinfo(samples.dtype).max) + 1 if samples.dtype.kind == "i" else (np.iinfo(samples.dtype).max + 1) / 2
-        samples = (samples.astype(np.float64) - (half if samples.dtype.kind == "u" else 0)) / half
+        info = np.iinfo(samples.dtype)
+        half = (float(info.max) + 1) / (2 if samples.dtype.kind == "u" else 1)  # 32768 for int16, 128 for uint8
+        centre = half if samples.dtype.kind == "u" else 0.0
+        samples = (samples.astype(np.float64) - centre) / half
     samples = samples.astype(np.float32)
     if samples.ndim == 2:
         samples = samples.mean(1)

@@ -149,12 +149,12 @@ def predict(model: nn.Module, inputs: torch.Tensor) -> list:
     tokens = beam(model, source, BEAM)
     prefix = torch.cat([torch.full_like(tokens[:, :1], text.BOS), tokens[:, :-1]], 1)
     _, attention = model.step(model.encode(source), source, prefix)
+    vocab_en, vocab_de = text.tokenizers()
     out = []
     for i, word in enumerate(_words(tokens)):
         item = Translation(word)
         length, source_length = int((tokens[i] != text.PAD).sum()), int((source[i] != text.PAD).sum())
         item.attention = attention[i, :length, :source_length].float().cpu().numpy()
-        vocab_en, vocab_de = text.tokenizers()
         item.source_tokens = [vocab_en.id_to_token(int(t)) for t in source[i, :source_length]]
         item.target_tokens = [vocab_de.id_to_token(int(t)) for t in tokens[i, :length]]
         out.append(item)
