@@ -18,7 +18,10 @@ def test_packed_rows_hold_the_source_then_the_teacher_forced_prefix():
     assert text.sources_of(rows) == ["twenty seven", "one thousand and one"]
     assert text.targets_of(labels) == ["siebenundzwanzig", "eintausendeins"]
     assert (prefix[:, 0] == text.BOS).all()
-    assert torch.equal(prefix[:, 1:], labels[:, :-1] * (labels[:, :-1] != text.EOS))  # shifted by one, </s> dropped
+    shifted = labels[:, :-1] * (labels[:, :-1] != text.EOS)  # shifted by one, </s> dropped
+    t = prefix.shape[1]
+    assert torch.equal(prefix[:, 1:], shifted[:, :t - 1]) and (shifted[:, t - 1:] == text.PAD).all()
+    assert source.shape[1] < text.SOURCE_LENGTH and (rows[:, source.shape[1]:text.SOURCE_LENGTH] == text.PAD).all()
     test_rows, _ = text.pack(["twenty seven"])
     assert (split(test_rows)[1] == text.PAD).all()  # a test row's decoder part is empty
     assert text.sources_of(text.pack(["Twenty-Seven,  fourty"])[0]) == ["twenty seven fourty"]  # unseen word: subwords
@@ -38,8 +41,24 @@ def test_beam_of_width_one_is_greedy_and_exact_match_is_greedys(model):
     prefix = torch.cat([torch.full_like(labels[:, :1], text.BOS), labels[:, :-1]], 1)
     prefix[prefix == text.EOS] = text.PAD
     with torch.no_grad():
-        logits = model(torch.cat([source, prefix], 1))
+        logits = model(torch.cat([rows[:, :text.SOURCE_LENGTH], prefix], 1))
     assert translate.exact_match(logits, labels).item() == 1.0
+
+
+@pytest.mark.parametrize("model", [TransformerTranslator(width=32, layers=1), LSTMTranslator(width=32)])
+def test_a_phrase_scores_the_same_alone_and_in_a_batch_with_longer_phrases(model):
+    # the batch is cut after its longest phrase, and the LSTM reads each phrase packed: the
+    # other rows' lengths must change nothing
+    torch.manual_seed(0)
+    model.eval()
+    rows, labels = text.pack(["ninety one", "nine hundred and ninety nine thousand nine hundred and ninety nine"],
+                             ["einundneunzig", "neunhundertneunundneunzigtausendneunhundertneunundneunzig"])
+    with torch.no_grad():
+        together, alone = model(rows), model(rows[:1])
+    assert together.shape == (2, text.TARGET_LENGTH, text.TARGET_VOCAB) and alone.shape[1:] == together.shape[1:]
+    length = int((labels[0] != text.PAD).sum())  # the positions the loss reads for the short phrase
+    assert torch.allclose(together[0, :length], alone[0, :length], atol=1e-5)
+    assert translate.exact_match(together[:1], labels[:1]) == translate.exact_match(alone, labels[:1])
 
 
 def test_evaluate_scores_the_test_set_and_the_other_numbers_apart():
