@@ -63,6 +63,10 @@ def test_a_recipe_missing_a_name_or_holding_a_wrong_kind_is_one_line(tmp_path, o
     ("TIMING_ITEMS = True", "TIMING_ITEMS must be an integer, got True"),
     ("TIMING_ITEMS = -1", "TIMING_ITEMS must be 0 (no timing) or more, got -1"),
     ("aggregate = 3", "aggregate must be a function, got int"),
+    ("BUDGETS = [0.1, 1.0]", "BUDGETS must be a tuple, got [0.1, 1.0]"),
+    ("BUDGETS = (0.1, 2)", "BUDGETS must be a tuple of fractions of the training set in (0, 1], such as "
+                           "(0.05, 0.2, 1.0), got (0.1, 2)"),
+    ("BUDGETS = ()", "got ()"),
 ])
 def test_the_optional_constants_are_checked_when_given(tmp_path, extra, expected):
     path = recipe_file(tmp_path, extra="\n" + extra + "\n")
@@ -374,6 +378,15 @@ def test_a_recipe_whose_splits_are_numpy_arrays_compares_with_budgets(tmp_path):
     summary = json.loads((tmp_path / "out" / "end-to-end" / "seed-0" / "summary.json").read_text())
     assert comparison["rows"][1]["value"] == pytest.approx(summary["metrics"]["test_accuracy"], abs=1e-6)
     assert [point["items"] for point in comparison["learning_curves"]["end-to-end"]] == [100, 200]
+
+
+def test_a_recipes_budgets_are_the_default_and_budgets_given_override_them(tmp_path):
+    recipe = get_recipe(recipe_file(tmp_path, extra="\nBUDGETS = (0.25, 1.0)\n"))
+    comparison = compare_recipe(recipe, tmp_path / "out", progress=False, log=lambda line: None)
+    assert comparison["budgets"] == [0.25, 1.0] and set(comparison["learning_curves"]) == \
+        {row["pipeline"] for row in comparison["rows"]}
+    comparison = compare_recipe(recipe, tmp_path / "out2", budgets=[0.5], progress=False, log=lambda line: None)
+    assert comparison["budgets"] == [0.5, 1.0]
 
 
 @pytest.mark.parametrize("body, shown", [

@@ -19,6 +19,7 @@
     OPTIONS = {name: (default, help)}   the recipe's own command-line options, given to load_data
     FIT_TEST = False            the test split is not model inputs (drive's tracks): fit skips it
     TIMING_ITEMS = n            latency and throughput timed on the first n test items only
+    BUDGETS = (0.05, 0.2, 1.0)  the label budgets `e2e compare` trains at when --budgets is not given
     build_pipeline(small), regime_training(small)             for `e2e compare --regimes`
 
 A recipe is a built-in name (`RECIPES`) or the path of the user's own .py file. The contract is

@@ -3,7 +3,7 @@
 A recipe is a module: NAME, DESCRIPTION, METRIC, HIGHER_IS_BETTER; load_data, staged_pipelines,
 build_model, training; optionally predict, evaluate, read_input, format_prediction,
 save_prediction, report_figure, report_animation, variants, variant_data, aggregate, build_pipeline,
-regime_training; and the constants OPTIONS, FIT_TEST, TIMING_ITEMS. This file says what
+regime_training; and the constants OPTIONS, FIT_TEST, TIMING_ITEMS, BUDGETS. This file says what
 each part must be and calls the parts the same way for every pipeline, staged or end-to-end, so that their rows are comparable by
 construction: one `evaluate` scores them all, on predictions of the same form.
 """
@@ -28,7 +28,7 @@ CONSTANTS = {"NAME": str, "DESCRIPTION": str, "METRIC": str, "HIGHER_IS_BETTER":
 FUNCTIONS = ("load_data", "staged_pipelines", "build_model", "training")
 OPTIONAL_FUNCTIONS = ("predict", "evaluate", "read_input", "format_prediction", "save_prediction", "report_figure",
                       "report_animation", "variants", "variant_data", "aggregate", "build_pipeline", "regime_training")
-OPTIONAL_CONSTANTS = {"OPTIONS": dict, "FIT_TEST": bool, "TIMING_ITEMS": int}
+OPTIONAL_CONSTANTS = {"OPTIONS": dict, "FIT_TEST": bool, "TIMING_ITEMS": int, "BUDGETS": tuple}
 SEE = "see docs/recipes.md"
 
 
@@ -54,6 +54,11 @@ def check_recipe(module: ModuleType, where: str) -> ModuleType:
                 and isinstance(value[0], (int, float, str)) and not isinstance(value[0], bool)):
             raise UsageError(f"{where}: OPTIONS maps option names to (default, help), the default a number or a "
                              f"string; got {option!r}: {value!r} ({SEE})")
+    budgets = getattr(module, "BUDGETS", None)
+    if budgets is not None and not (budgets and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                    and 0 < b <= 1 for b in budgets)):
+        raise UsageError(f"{where}: BUDGETS must be a tuple of fractions of the training set in (0, 1], such as "
+                         f"(0.05, 0.2, 1.0), got {budgets!r} ({SEE})")
     if getattr(module, "TIMING_ITEMS", 0) < 0:
         raise UsageError(f"{where}: TIMING_ITEMS must be 0 (no timing) or more, got {module.TIMING_ITEMS} ({SEE})")
     for name in FUNCTIONS + OPTIONAL_FUNCTIONS:

@@ -174,13 +174,15 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     same data and scored by the recipe's `evaluate`; writes out/comparison.json and
     out/report.html into a fresh folder, and returns the comparison (docs/recipes.md).
 
-    `budgets` (fractions of the training set, e.g. [0.1, 0.5, 1.0]) also trains every pipeline
-    on nested subsets of it and adds learning curves and the crossover. `regimes` (e.g.
+    `budgets` (fractions of the training set, e.g. [0.1, 0.5, 1.0]; default the recipe's
+    BUDGETS, if any) also trains every pipeline on nested subsets of it and adds learning
+    curves and the crossover. `regimes` (e.g.
     ["staged", "staged+joint", "joint"]) adds one row per regime of the recipe's pipeline.
     `options` are the recipe's own (its OPTIONS, e.g. drive's eval_seed), given to load_data.
     """
     out = Path(out)
     seeds = check_seeds(seeds)
+    budgets = budgets or getattr(recipe, "BUDGETS", None)
     curve_budgets = check_budgets(budgets) if budgets else None
     trained_budgets = sorted(set(curve_budgets or []) | {1.0}, reverse=True)  # the full set first: the rows
     regimes = check_regimes(recipe, regimes) if regimes else []
