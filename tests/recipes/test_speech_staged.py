@@ -95,12 +95,17 @@ def test_a_quick_fit_beats_the_trivial_baseline_by_far(quick):
     assert jiwer.wer(references, [h or "<nothing>" for h in hypotheses]) < 0.15  # measured 0.014
 
 
-def test_the_hybrid_mlp_hmm_fits_and_transcribes_too(data):
+def test_the_hybrid_mlp_hmm_fits_and_transcribes_too_on_the_gmm_systems_alignments(data, quick):
     train, test = data
     recogniser = HMMRecognizer(seed=0, quick=True, frame_model="mlp")
     recogniser.fit([u.audio for u in train], [u.text for u in train])
     hypotheses = recogniser.predict([u.audio for u in test])
     assert jiwer.wer([u.text for u in test], [h or "<nothing>" for h in hypotheses]) < 0.15  # measured 0.009
+    # the GMM system of the same data and seed (the `quick` fit) aligned it: reused, not retrained
+    assert recogniser.log[0] == ("GMM system", 0.0, "reused: trained by an earlier fit on the same data and seed")
+    assert recogniser.gmms is quick[0].gmms and recogniser.mlp is not None and quick[0].mlp is None
+    other_seed = HMMRecognizer(seed=1, quick=True).fit([u.audio for u in train[:60]], [u.text for u in train[:60]])
+    assert other_seed.gmms is not quick[0].gmms and other_seed.log[0][0] == "features + flat start"
 
 
 def test_a_bad_frame_model_or_transcript_is_refused():
