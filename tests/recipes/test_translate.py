@@ -27,6 +27,20 @@ def test_packed_rows_hold_the_source_then_the_teacher_forced_prefix():
     assert text.sources_of(text.pack(["Twenty-Seven,  fourty"])[0]) == ["twenty seven fourty"]  # unseen word: subwords
 
 
+def test_the_shipped_vocabularies_cover_the_corpus_and_are_what_every_process_reads():
+    # learned BPE differs from process to process (hash-ordered ties), so the vocabularies ship
+    # with the package; a model trained in one process must read the same ids in another
+    english, german = text.tokenizers()
+    assert english.to_str() == json.loads(text.VOCABULARIES.read_text())["english"]
+    assert english.get_vocab_size() <= text.SOURCE_VOCAB and german.get_vocab_size() == text.TARGET_VOCAB
+    numbers_ = list(range(0, 1_000_000, 997)) + list(range(200))
+    for n in numbers_:
+        source, target = translate.corpus.english(n), translate.corpus.german(n)
+        assert text.UNK not in text.source_ids(source) and text.UNK not in text.target_ids(target)
+        assert text.target_text(text.target_ids(target)) == target
+    assert max(len(text.source_ids(translate.corpus.english(n))) for n in numbers_) < text.SOURCE_LENGTH
+
+
 @pytest.mark.parametrize("model", [TransformerTranslator(width=32, layers=1), LSTMTranslator(width=32)])
 def test_beam_of_width_one_is_greedy_and_exact_match_is_greedys(model):
     torch.manual_seed(0)

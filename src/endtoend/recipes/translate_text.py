@@ -4,8 +4,9 @@ Both sides are cut into byte-pair-encoding subwords learned on the training phra
 Face `tokenizers`): English mostly into its words, with letters as the fallback for a word
 never seen ("fourty" -> "fou rty"); German's one compound word into pieces such as
 "siebenhundert", "und", "zig", learned from counts, not from a grammar. The merges depend only
-on the training numbers, which do not depend on the seed, so `e2e predict` rebuilds the same
-vocabularies from the corpus.
+on the training numbers, which do not depend on the seed; they were learned once and ship with
+the package (translate_vocabularies.json), since the trainer is not deterministic from one
+process to the next.
 
 A model's input row is packed: SOURCE_LENGTH source tokens (then </s>, padded), followed by
 TARGET_LENGTH tokens of the decoder's input, <s> and the target so far (teacher forcing). The
@@ -17,7 +18,9 @@ padded with 0 (ignored by the loss).
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -29,8 +32,25 @@ SOURCE_VOCAB, TARGET_VOCAB = 128, 160
 SOURCE_LENGTH, TARGET_LENGTH = 24, 24
 
 
+VOCABULARIES = Path(__file__).with_name("translate_vocabularies.json")
+
+
 @lru_cache(maxsize=None)
 def tokenizers() -> tuple:
+    """(English, German) tokenizers, read from the vocabularies shipped with the package.
+
+    They are not learned at run time because `tokenizers`' BPE trainer breaks ties between
+    equally frequent pairs in hash order, which Rust seeds per process: two processes learn two
+    different vocabularies from the same phrases, and a model trained with one reads garbage
+    through the other (`e2e predict` in a new process did). `learn_tokenizers()` made the file;
+    `python -m endtoend.recipes.translate_text` makes it again."""
+    from tokenizers import Tokenizer
+
+    shipped = json.loads(VOCABULARIES.read_text())
+    return Tokenizer.from_str(shipped["english"]), Tokenizer.from_str(shipped["german"])
+
+
+def learn_tokenizers() -> tuple:
     """(English, German) BPE tokenizers learned on every 4th training phrase (6,000: the
     vocabulary is the same as from all of them, in a quarter of num2words' time)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -102,3 +122,9 @@ def sources_of(inputs) -> list[str]:
 
 def targets_of(labels) -> list[str]:
     return [target_text(row) for row in labels]
+
+
+if __name__ == "__main__":  # python -m endtoend.recipes.translate_text: learn the vocabularies again
+    english_tokenizer, german_tokenizer = learn_tokenizers()
+    VOCABULARIES.write_text(json.dumps({"english": english_tokenizer.to_str(), "german": german_tokenizer.to_str()}))
+    print(f"wrote {VOCABULARIES}")
