@@ -137,6 +137,27 @@ def test_gradnorm_records_initial_losses_and_is_inert_in_eval():
     assert torch.equal(objective.initial_losses, torch.stack(list(objective.last_terms.values())))
 
 
+def test_gradnorm_shared_parameters_bound_after_construction_train_as_if_given_at_construction():
+    """A recipe builds its fit settings (the objective) before its model: binding the shared layer
+    later must give the same training, and a forward before binding is a one-line UsageError."""
+    torch.manual_seed(0)
+    model = TwoHeads()
+    torch.manual_seed(0)
+    twin = TwoHeads()
+    given = Objective(regression_terms(scale_b=100.0), weighting="gradnorm", shared_parameters=model.trunk.parameters())
+    later = Objective(regression_terms(scale_b=100.0), weighting="gradnorm")
+    x, y = two_task_data()
+    with pytest.raises(UsageError, match="bind_shared_parameters"):
+        later(twin(x), y)
+    assert later.bind_shared_parameters(twin.trunk.parameters()) is later
+    train(given, model, steps=50)
+    train(later, twin, steps=50)
+    assert torch.equal(later.task_weights, given.task_weights) and not torch.equal(given.task_weights, torch.ones(2))
+    assert torch.equal(later.initial_losses, given.initial_losses)
+    with pytest.raises(UsageError, match="only weighting='gradnorm'"):
+        Objective(regression_terms(), weighting="uncertainty").bind_shared_parameters(model.trunk.parameters())
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -144,7 +165,9 @@ def test_gradnorm_records_initial_losses_and_is_inert_in_eval():
         ({"terms": regression_terms(), "weighting": "equal"}, "unknown weighting 'equal'"),
         ({"terms": regression_terms(), "weighting": "uncertainty", "weights": {"a": 2.0}}, "learned"),
         ({"terms": regression_terms(), "weights": {"c": 2.0}}, "unknown terms"),
-        ({"terms": regression_terms(), "weighting": "gradnorm"}, "shared_parameters"),
+        ({"terms": regression_terms(), "weighting": "gradnorm", "shared_parameters": []}, "shared_parameters"),
+        ({"terms": regression_terms(), "weighting": "gradnorm",
+          "shared_parameters": [nn.Parameter(torch.ones(2), requires_grad=False)]}, "require gradients"),
     ],
 )
 def test_bad_configuration_is_a_usage_error(arguments, message):

@@ -28,6 +28,11 @@ Weightings, with L_i the value of term i:
 
 The learnable s_i / w_i are this module's parameters: the optimizer must be given
 `objective.parameters()` (gradient clipping should cover the model's parameters only).
+
+GradNorm's `shared_parameters` may be left out at construction and bound later with
+`objective.bind_shared_parameters(layer.parameters())`, for code that must build the objective
+before the model (a recipe's fit settings exist before its model is built); a forward before
+they are bound raises UsageError, so `fit` refuses before training starts.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ class Objective(nn.Module):
         weighting: "fixed", "uncertainty" or "gradnorm".
         weights: per-term weights for "fixed" (missing names get 1.0).
         alpha: GradNorm's asymmetry; larger pulls harder toward equal training rates.
-        shared_parameters: GradNorm only, the weights of the last layer shared by all terms.
+        shared_parameters: GradNorm only, the weights of the last layer shared by all terms
+            (or None, and `bind_shared_parameters` before the first forward).
     """
 
     def __init__(
@@ -101,13 +107,28 @@ class Objective(nn.Module):
             self.task_weights = nn.Parameter(torch.ones(len(terms)))
             # NaN marks "not seen yet"; a buffer so that resuming keeps L_i(0).
             self.register_buffer("initial_losses", torch.full((len(terms),), float("nan")))
-            # A plain list, not registered: these belong to the model and its optimizer group.
-            self.shared_parameters = [p for p in shared_parameters or [] if p.requires_grad]
-            if not self.shared_parameters:
-                raise UsageError("weighting='gradnorm' needs shared_parameters=<last shared layer>.parameters()")
+            self.shared_parameters: list[Tensor] = []
+            if shared_parameters is not None:
+                self.bind_shared_parameters(shared_parameters)
+
+    def bind_shared_parameters(self, parameters: Iterable[Tensor]) -> Objective:
+        """GradNorm: the weights W of the last layer shared by all terms, on which G_i is measured
+        (replacing any bound before). Returns the objective."""
+        if self.weighting != "gradnorm":
+            raise UsageError(f"only weighting='gradnorm' uses shared parameters, not {self.weighting!r}")
+        # A plain list, not registered: these belong to the model and its optimizer group.
+        self.shared_parameters = [p for p in parameters if p.requires_grad]
+        if not self.shared_parameters:
+            raise UsageError("weighting='gradnorm' needs shared_parameters=<last shared layer>.parameters(), "
+                             "got none that require gradients")
+        return self
 
     def forward(self, outputs: Any, targets: Any) -> Tensor:
         """Total loss (one scalar). Records each unweighted term in `last_terms` (no sync)."""
+        if self.weighting == "gradnorm" and not self.shared_parameters:
+            raise UsageError("weighting='gradnorm' has no shared parameters: pass shared_parameters=<last shared "
+                             "layer>.parameters() to Objective, or call objective.bind_shared_parameters(...) "
+                             "before the first forward")
         losses = [self._evaluate(name, term, outputs, targets) for name, term in self.terms.items()]
         self.last_terms = {name: loss.detach() for name, loss in zip(self.terms, losses)}
         if self.weighting == "fixed":
