@@ -406,3 +406,50 @@ def test_a_recipes_report_figure_is_drawn_in_the_report_or_left_out_with_one_lin
         assert recipe.SEEN == [["end-to-end", "logistic regression"]]
     else:
         assert any(line.startswith("report_figure() ") and "no examples" in line for line in lines)
+
+
+# --- what a recipe's parts may declare: a staged pipeline's describe(), report_figure's runs ----
+
+DESCRIBED = '''
+class Described:
+    def fit(self, inputs, targets):
+        from sklearn.linear_model import LogisticRegression
+        self.model = LogisticRegression().fit(inputs, targets)
+        self.rows = len(targets)
+        return self
+
+    def predict(self, inputs):
+        return self.model.predict(inputs)
+
+    def describe(self):
+        return {"fitted_rows": self.rows}
+
+def staged_pipelines(seed=0):
+    return {"described": Described()}
+
+SEEN_RUNS = {}
+def report_figure(inputs, targets, predictions, runs):
+    from matplotlib.figure import Figure
+    SEEN_RUNS.update(runs)
+    return Figure()
+'''
+
+
+def test_a_staged_pipelines_describe_is_its_rows_details_and_report_figure_may_ask_for_the_runs(tmp_path):
+    recipe = get_recipe(recipe_file(tmp_path, extra=DESCRIBED))
+    comparison = compare_recipe(recipe, tmp_path / "out", budgets=[0.5], progress=False, log=lambda line: None)
+    rows = {row["pipeline"]: row for row in comparison["rows"]}
+    assert rows["described"]["details"] == {"fitted_rows": 200}  # the full set's fit, not the budget's
+    assert "details" not in rows["end-to-end"]
+    assert recipe.SEEN_RUNS == {"end-to-end": tmp_path / "out" / "end-to-end" / "seed-0"}
+    assert (recipe.SEEN_RUNS["end-to-end"] / "summary.json").is_file()
+
+
+def test_a_progressive_schedule_is_stretched_with_a_budgets_epochs():
+    from endtoend.recipes.run import _stretched_flow
+    from endtoend.train import Progressive
+
+    settings = {"epochs": 4, "progressive": Progressive(unfreeze={0: ["head."], 1: ["encoder.top."], 3: [""]})}
+    stretched = _stretched_flow(settings, 10)["progressive"]  # 2.5 times the epochs
+    assert stretched.unfreeze == {0: ["head."], 2: ["encoder.top."], 7: [""]} and not stretched.resolution
+    assert _stretched_flow(settings, None) == {} and _stretched_flow({"epochs": 4}, 10) == {}

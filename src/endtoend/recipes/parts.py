@@ -14,6 +14,7 @@ endtoend.recipes.run trains and compares with them.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from types import ModuleType
 from typing import Any, Callable
@@ -111,7 +112,7 @@ def end_to_end_model(recipe: ModuleType, small: bool,
                      variant: str | None = None) -> tuple[Callable[[], torch.nn.Module], dict[str, Any]]:
     """(model factory, fit settings) of the recipe's end-to-end model, or of one of its variants."""
     if variant is None:
-        return (lambda: recipe.build_model(small)), recipe_training(recipe, small)
+        return functools.partial(recipe.build_model, small), recipe_training(recipe, small)
     found = recipe_variants(recipe, small)
     if variant not in found:
         known = ", ".join(repr(name) for name in found) or "none"

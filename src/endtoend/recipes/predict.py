@@ -10,6 +10,7 @@ beside the input (segment writes a PNG mask) and return its path, which the line
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from types import ModuleType
@@ -52,7 +53,8 @@ def load_trained(run_dir: str | Path) -> tuple[ModuleType, nn.Module, bool]:
     source = config.get("recipe_source") or str(config.get("recipe", "")).replace(" --small", "")
     recipe = get_recipe(source)
     build, _ = end_to_end_model(recipe, bool(config.get("small", False)), config.get("variant"))
-    model = build()
+    # The run's weights replace the initial ones: a factory that can skip its pretraining does.
+    model = build(pretrained=False) if "pretrained" in inspect.signature(build).parameters else build()
     try:
         model.load_state_dict(load_file(weights))
     except Exception as error:  # noqa: BLE001 - a damaged file or a recipe changed since training

@@ -13,6 +13,7 @@ and checked, come from endtoend.recipes.parts. Progress lines go through `log`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections import defaultdict
@@ -35,6 +36,7 @@ from endtoend.recipes.parts import (SET_BY_COMPARE, aggregated, end_to_end_model
 from endtoend.recipes.matrix import END_TO_END, Cell, best_staged, crossover, curve_point, gallery, make_row
 from endtoend.report import write_comparison_report
 from endtoend.train import Run, fit
+from endtoend.train.options import Progressive
 from endtoend.train.evaluate import resolve_metrics
 from endtoend.train.lr_find import LRFindResult, lr_find
 from endtoend.train.rng import seed_everything
@@ -218,7 +220,7 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
                 epochs = None if budget == 1.0 else _epochs_for(settings, size_of(train_targets), size_of(train[1]))
                 run = train_recipe(recipe, folder, seed=seed, small=small, progress=progress, epochs=epochs,
                                    data=Splits(train=train, val=data.val, test=data.test), variant=variant,
-                                   options=options, log=log)
+                                   options=options, log=log, **_stretched_flow(settings, epochs))
                 cell = cells[row][seed, budget] = _score_model(recipe, run.model, data.test, run.seconds,
                                                                classes=classes, settings=settings, measure=first)
                 kinds[row] = "end-to-end"
@@ -252,7 +254,8 @@ def compare_recipe(recipe: ModuleType, out: Path, *, seeds: list[int] | tuple[in
     if images is not None:
         comparison["gallery"] = gallery(predictions, test_targets,
                                         focus=(END_TO_END, best_staged(rows, recipe.HIGHER_IS_BETTER)))
-    examples = _examples(recipe, data.test, predictions, log)
+    runs = {row: out / run_folder(variant) / f"seed-{seeds[0]}" for variant, row in rows_of_models.items()}
+    examples = _examples(recipe, data.test, predictions, log, runs)
     animations = _animations(recipe, data.test, predictions, out, log)
     if animations:
         comparison["animations"] = animations
@@ -289,15 +292,19 @@ def _animations(recipe: ModuleType, test: tuple, predictions: dict[str, Any], ou
         return {}
 
 
-def _examples(recipe: ModuleType, test: tuple, predictions: dict[str, Any], log: Callable[[str], None]):
-    """The recipe's own picture of test predictions (optional `report_figure`), or None. A
-    picture that fails is left out of the report with one line: the comparison stands."""
+def _examples(recipe: ModuleType, test: tuple, predictions: dict[str, Any], log: Callable[[str], None],
+              runs: dict[str, Path] | None = None):
+    """The recipe's own picture of test predictions (optional `report_figure`), or None; a
+    report_figure that declares `runs` also gets {row: its first seed's full-set run directory}
+    of the end-to-end rows (to draw how they trained). A picture that fails is left out of the
+    report with one line: the comparison stands."""
     if not callable(getattr(recipe, "report_figure", None)):
         return None
     from matplotlib.figure import Figure
 
     try:
-        figure = recipe.report_figure(test[0], test[1], predictions)
+        takes_runs = "runs" in inspect.signature(recipe.report_figure).parameters
+        figure = recipe.report_figure(test[0], test[1], predictions, **({"runs": runs} if takes_runs else {}))
     except Exception as error:  # noqa: BLE001 - the recipe's drawing code may raise anything
         log(f"report_figure() failed, so report.html has no examples: {one_line(error)}")
         return None
@@ -331,6 +338,21 @@ def _epochs_for(settings: dict[str, Any], full: int, items: int) -> int:
     return max(epochs, math.ceil(epochs * steps(full) / steps(items)))
 
 
+def _stretched_flow(settings: dict[str, Any], epochs: int | None) -> dict[str, Any]:
+    """A Progressive schedule (unfreezing, resizing) stretched like a budget's epochs, so that each
+    phase lasts as many optimizer steps as on the full set; {} when there is nothing to stretch."""
+    progressive = settings.get("progressive")
+    if epochs is None or progressive is None:
+        return {}
+    factor = epochs / settings.get("epochs", 10)
+
+    def stretch(schedule):  # floor keeps distinct epochs distinct (factor >= 1); round() could merge 1.5 and 2.5
+        return schedule and {math.floor(epoch * factor): value for epoch, value in schedule.items()}
+
+    return {"progressive": Progressive(resolution=stretch(progressive.resolution),
+                                       unfreeze=stretch(progressive.unfreeze))}
+
+
 def _train_staged(recipe: ModuleType, pipeline: Any, train: tuple, test: tuple, *, measure: bool) -> Cell:
     """Fit one staged pipeline and score it; an exception in its own code is its row's result
     (marked failed, one line), not the end of the comparison. A broken contract still raises."""
@@ -341,6 +363,8 @@ def _train_staged(recipe: ModuleType, pipeline: Any, train: tuple, test: tuple, 
         if measure:
             cell.predictions, cell.predict = predictions, lambda inputs: predict_staged(pipeline, inputs)
             cell.measures = {"parameters": count_parameters(pipeline)}
+            if callable(getattr(pipeline, "describe", None)):  # its own numbers: the row's "details"
+                cell.extra = {"details": pipeline.describe()}
         return cell
     except UsageError:
         raise
