@@ -45,7 +45,8 @@ def test_recipes_lists_one_line_each(capsys):
     code, out, _ = run_cli(capsys, "recipes")
     assert code == 0
     recipes = [line.split()[0] for line in out.strip().splitlines() if not line.startswith(" ")]
-    assert recipes == ["detect", "digits", "drive", "mnist5k", "segment", "speech", "translate"]
+    assert recipes == ["detect", "digits", "drive", "mnist5k", "multitask", "represent", "segment", "speech", "transfer",
+                       "translate"]
     options = [line.split()[0] for line in out.strip().splitlines() if line.startswith(" ")]
     assert options == ["--eval-seed", "--tracks"]  # drive's own options, under it
 

@@ -12,7 +12,7 @@
     read_input(path), format_prediction(prediction, output)   for `e2e predict`
     save_prediction(prediction, path) -> the file it wrote     `e2e predict` without --json
     variants(small)             -> {name: (model factory, fit settings)}: more end-to-end rows
-    report_figure(inputs, targets, predictions)               test predictions drawn in report.html
+    report_figure(inputs, targets, predictions[, runs])       test predictions drawn in report.html
     report_animation(inputs, targets, predictions) -> {title: uint8 (T, H, W, 3)}   GIFs in report.html
     variant_data(variant, train, small) -> the training pair a variant trains on (an ablation)
     aggregate(model, train, round, small) -> the next training pair   with settings' rounds: N (DAgger)
@@ -44,6 +44,9 @@ RECIPES = {
     "drive": "endtoend.recipes.drive",
     "translate": "endtoend.recipes.translate",
     "speech": "endtoend.recipes.speech",
+    "represent": "endtoend.recipes.represent",
+    "multitask": "endtoend.recipes.multitask",
+    "transfer": "endtoend.recipes.transfer",
 }
 
 __all__ = ["RECIPES", "get_recipe", "recipe_source"]
