@@ -24,10 +24,9 @@ End-to-end (cross-entropy from the pixels; the same network and settings in ever
   end-to-end: progressive unfreezing          the head alone, then also the top block (the last conv
                                               block and the code layer), then everything
                                               (Progressive(unfreeze=...) at epochs 0, 2, 4 of 10)
-Caveat: compare gives a budget below 100% as many steps as the full set by multiplying the
-epochs, but not the unfreezing epochs, so at those budgets the head-only and top-block phases
-last 2 epochs each of the longer run (at 5%: 2 steps each of 280) and the row is close to a full
-fine-tune. Train time: the probe row's train_seconds at the full set (the first budget trained)
+At a budget below 100%, compare gives as many steps as the full set by multiplying the epochs,
+and stretches the unfreezing epochs by the same factor, so each phase keeps its share of the
+steps. Train time: the probe row's train_seconds at the full set (the first budget trained)
 include the source pretraining; the fine-tuned rows' (fit's own time) do not. Only the staged
 rows pick a hyperparameter (C) on the validation split; the end-to-end settings are fixed. On
 --small, HOG + logistic regression wins every budget; at full size report.html's crossover line
