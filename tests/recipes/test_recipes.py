@@ -51,7 +51,8 @@ def test_a_recipe_file_that_fails_to_import_is_one_line(tmp_path, text, expected
 def test_unknown_names_and_missing_files_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match=r"no such recipe file: .*nowhere\.py"):
         get_recipe(str(tmp_path / "nowhere.py"))
-    with pytest.raises(UsageError, match="known recipes: detect, digits, drive, mnist5k, segment"):
+    with pytest.raises(UsageError, match="known recipes: detect, digits, drive, mnist5k, multitask, represent, "
+                                         "segment, speech, transfer, translate "):
         get_recipe("cifar")
 
 
