@@ -13,9 +13,9 @@ from endtoend.recipes import represent
 from endtoend.recipes import represent_models as models
 from endtoend.recipes import represent_report
 from endtoend.recipes.contract import check_recipe, nested_subsets
-from endtoend.recipes.run import compare_recipe
 from endtoend.relax import gaussian_kl
 from endtoend.train.rng import seed_everything
+from recording import compare_recording
 
 ROWS = {"PCA + logistic regression", "HOG + logistic regression", "AE codes + logistic regression",
         "VAE codes + logistic regression", "end-to-end", "end-to-end: VAE encoder fine-tuned",
@@ -118,24 +118,8 @@ def test_a_probe_reads_the_frozen_pretrained_encoder_and_describes_the_represent
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """compare_recipe(represent, small=True), recording the training pair each row was given."""
-    from endtoend.recipes import run
-
-    seen = []
-    fit, fit_staged = run.fit, run.fit_staged
-
-    def recording_fit(model, train, **settings):
-        seen.append(train)
-        return fit(model, train, **settings)
-
-    def recording_fit_staged(pipeline, inputs, targets):
-        seen.append((inputs, targets))
-        return fit_staged(pipeline, inputs, targets)
-
     out = tmp_path_factory.mktemp("represent") / "out"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run, "fit", recording_fit)
-        patch.setattr(run, "fit_staged", recording_fit_staged)
-        comparison = compare_recipe(represent, out, small=True, progress=False, log=lambda line: None)
+    comparison, seen = compare_recording(represent, out)
     return out, comparison, seen
 
 

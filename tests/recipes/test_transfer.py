@@ -12,9 +12,9 @@ from PIL import Image
 from endtoend.recipes import represent_models as models
 from endtoend.recipes import transfer
 from endtoend.recipes.contract import check_recipe, nested_subsets
-from endtoend.recipes.run import compare_recipe
 from endtoend.train import fit
 from endtoend.train.rng import seed_everything
+from recording import compare_recording
 
 ROWS = {"HOG + logistic regression", "linear probe (frozen pretrained encoder)", "end-to-end",
         "end-to-end: full fine-tune", "end-to-end: progressive unfreezing"}
@@ -88,24 +88,8 @@ def test_the_probe_reads_the_frozen_source_encoder():
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     """compare_recipe(transfer, small=True), recording the training pair each row was given."""
-    from endtoend.recipes import run
-
-    seen = []
-    fit, fit_staged = run.fit, run.fit_staged
-
-    def recording_fit(model, train, **settings):
-        seen.append(train)
-        return fit(model, train, **settings)
-
-    def recording_fit_staged(pipeline, inputs, targets):
-        seen.append((inputs, targets))
-        return fit_staged(pipeline, inputs, targets)
-
     out = tmp_path_factory.mktemp("transfer") / "out"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run, "fit", recording_fit)
-        patch.setattr(run, "fit_staged", recording_fit_staged)
-        comparison = compare_recipe(transfer, out, small=True, progress=False, log=lambda line: None)
+    comparison, seen = compare_recording(transfer, out)
     return out, comparison, seen
 
 

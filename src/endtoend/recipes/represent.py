@@ -44,7 +44,9 @@ import functools
 
 from sklearn.decomposition import PCA
 
-from endtoend.data import Splits, load_mnist5k, read_image, stratified_splits
+from endtoend.data import Splits
+from endtoend.recipes import mnist5k
+from endtoend.recipes.mnist5k import read_input  # noqa: F401 - the recipe's, for e2e predict
 from endtoend.recipes import represent_report
 from endtoend.recipes.represent_models import (CODE, Classifier, LinearProbe, classifier, codes, latest,
                                                pretrain_autoencoder, pretrain_once, pretrain_vae, width_of)
@@ -59,12 +61,8 @@ BUDGETS = (0.01, 0.05, 0.2, 1.0)
 CLASSES = 10
 
 
-@functools.lru_cache(maxsize=2)
-def _splits(small: bool) -> Splits:
-    splits = stratified_splits(*load_mnist5k(), test=1000, val=400, random_state=0)
-    if small:  # a quick configuration for tests: 600 training images
-        splits.train = (splits.train[0][:600], splits.train[1][:600])
-    return splits
+# mnist5k's own splits (its --small: the first 600 training images), read once per size
+_splits = functools.lru_cache(maxsize=2)(mnist5k.load_data)
 
 
 def load_data(small: bool = False) -> Splits:
@@ -155,11 +153,7 @@ def report_figure(inputs, targets, predictions):
 
 
 # --- e2e predict: PNG (or any image) files in, a label and its probabilities out ----------------
-
-def read_input(path: str):
-    """One image file as the recipe's data is: grayscale, 28x28, light digit on dark, in [0, 1]."""
-    return read_image(path, size=(28, 28))
-
+# (read_input is mnist5k's: any image file as a 28x28 grey digit)
 
 def format_prediction(prediction, output) -> dict:
     return {"label": int(prediction), "probabilities": [round(p, 4) for p in output.softmax(-1).tolist()]}

@@ -42,7 +42,9 @@ import functools
 
 import torch
 
-from endtoend.data import Splits, load_mnist5k, read_image, stratified_splits
+from endtoend.data import Splits
+from endtoend.recipes import mnist5k
+from endtoend.recipes.mnist5k import read_input  # noqa: F401 - the recipe's, for e2e predict
 from endtoend.recipes.represent_models import (LinearProbe, classifier, codes, pretrain_classifier, pretrain_once,
                                                width_of)
 from endtoend.recipes.staged import hog_features
@@ -58,13 +60,8 @@ SOURCE_DIGITS, TARGET_DIGITS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 FIRST_TARGET = TARGET_DIGITS[0]
 
 
-@functools.lru_cache(maxsize=2)
-def _splits(small: bool) -> Splits:
-    """mnist5k's splits, whole digits 0-9 (the --small training split: its first 600 images)."""
-    splits = stratified_splits(*load_mnist5k(), test=1000, val=400, random_state=0)
-    if small:
-        splits.train = (splits.train[0][:600], splits.train[1][:600])
-    return splits
+# mnist5k's own splits (its --small: the first 600 training images), read once per size
+_splits = functools.lru_cache(maxsize=2)(mnist5k.load_data)
 
 
 def _digits(pair: tuple, digits: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,11 +132,7 @@ def variants(small: bool = False) -> dict:
 
 
 # --- e2e predict: PNG (or any image) files in, a digit 5-9 out ----------------------------------
-
-def read_input(path: str):
-    """One image file as the recipe's data is: grayscale, 28x28, light digit on dark, in [0, 1]."""
-    return read_image(path, size=(28, 28))
-
+# (read_input is mnist5k's: any image file as a 28x28 grey digit)
 
 def format_prediction(prediction, output) -> dict:
     """The digit (5-9, not the model's class index 0-4) and each digit's probability."""
