@@ -111,3 +111,5 @@ def test_small_compare_then_predict_files_and_text(tmp_path, capsys):
     empty.write_text("\n")
     assert main(["predict", run, str(empty)]) == 2
     assert "no phrases" in capsys.readouterr().err
+    assert main(["predict", run, "--text", "  "]) == 2
+    assert "error: --text '  ': no phrase; give an English number phrase" in capsys.readouterr().err

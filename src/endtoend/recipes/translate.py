@@ -182,6 +182,8 @@ def evaluate(predictions, targets) -> dict[str, float]:
 
 def read_text(phrase: str) -> torch.Tensor:
     """One English phrase -> a packed row with an empty decoder part."""
+    if not phrase.strip():
+        raise UsageError("no phrase; give an English number phrase, e.g. 'four hundred and two'")
     try:
         return text.pack([phrase])[0][0]
     except ValueError as error:
