@@ -9,7 +9,9 @@ Ctrl-C gets one line saying what was left behind, and exit code 130.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint")
     train.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
                        help="also checkpoint every STEPS steps (always at each epoch end)")
+    train.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                       help="train in N processes on this machine (torchrun, DistributedDataParallel; the "
+                       "recipe's batch size stays the global batch); prints the torchrun line for clusters")
 
     compare = recipe_verb("compare", "train the staged pipelines and the end-to-end model; compare",
                           "runs/RECIPE-TIMESTAMP", _compare)
@@ -165,14 +170,48 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out: the run directory to continue")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if args.nproc > 1 and not under_torchrun:
+        return _launch_processes(args)
+    if under_torchrun and args.out is None:
+        raise UsageError("under torchrun give --out: every process must write to (and resume from) the same folder")
     recipe = get_recipe(args.recipe)
     args.out = _writable_out(args.out or _default_out(recipe.NAME))
     options = run.recipe_options(recipe, args.options)
     trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
                                progress=not args.no_progress, variant=args.variant, options=options)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
-    print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
+        print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
+    return 0
+
+
+def _launch_processes(args: argparse.Namespace) -> int:
+    """`e2e train ... --nproc N`: the same command under torchrun on this machine (every process
+    runs it; fit joins them), with --out fixed first so that every process writes the same folder."""
+    from endtoend.recipes import get_recipe
+
+    args.out = _writable_out(args.out or _default_out(get_recipe(args.recipe).NAME))
+    words, rest = list(args.argv), []
+    while words:  # the command line without --nproc and --out; --out is added, resolved
+        word = words.pop(0)
+        if word in ("--nproc", "--out"):
+            words.pop(0)
+        elif not word.startswith(("--nproc=", "--out=")):
+            rest.append(word)
+    rest += ["--out", str(args.out)]
+    module = ["-m", "endtoend.cli", *rest]
+    line = " ".join(shlex.quote(w) for w in module)
+    print(f"launching {args.nproc} processes: torchrun --standalone --nproc-per-node {args.nproc} {line}\n"
+          f"on a cluster, on each of M nodes: torchrun --nnodes M --node-rank R --rdzv-backend c10d "
+          f"--rdzv-endpoint HOST:29500 --nproc-per-node GPUS {line}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(args.nproc), *module])
+    if done.returncode:
+        print(f"error: training in {args.nproc} processes failed (exit {done.returncode}); the failing process's "
+              f"error is above; checkpoints in {args.out} are intact (resume with --resume)", file=sys.stderr)
+        return 2 if done.returncode > 0 else 130
     return 0
 
 
@@ -322,6 +361,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     checked against the recipe once it is loaded; anything else unknown is an error here."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.options = {}
     if extra:
         pairs = _option_pairs(extra) if args.verb in RECIPE_OPTION_VERBS else None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from endtoend.errors import UsageError
+from endtoend.train import distributed
 
 
 @dataclass
@@ -143,7 +144,7 @@ def train_batches(
     for index, batch in enumerate(data):
         if index < start:
             continue
-        yield move_batch(batch, device)
+        yield move_batch(distributed.share(batch, rank, world_size), device)
 
 
 def move_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.objective import Objective
-from endtoend.train import flow
+from endtoend.train import distributed, flow
 from endtoend.train import validate as check
 from endtoend.train.checkpoint import MODEL_FILE, weights_sha256, write_model_file
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
@@ -35,7 +35,7 @@ from endtoend.train.options import (Clipping, Curriculum, Guard, Progressive, as
                                     as_progressive, reject_unknown_arguments)
 from endtoend.train.progress import TrainingProgress
 from endtoend.train.rng import capture_rng, restore_rng, seed_everything
-from endtoend.train.rundir import (RunWriter, check_output_folder, create_output_folder, distributed_rank, start_anew,
+from endtoend.train.rundir import (RunWriter, check_output_folder, create_output_folder, start_anew,
                                    truncate_metrics_after)
 from endtoend.train.schedules import lr_factor
 from endtoend.train.setup import autocast_dtype, build_optimizer, resolve_device, run_record
@@ -107,9 +107,11 @@ def fit(
                           audit=audit, precision=precision, splits={"train": train, "val": val, "test": test},
                           progress=progress, activation_checkpointing=activation_checkpointing)
     clip, guard, curriculum, progressive = as_clipping(clip), as_guard(guard), as_curriculum(curriculum), as_progressive(progressive)
-    rank, world_size = distributed_rank()
+    # several processes under torchrun: one process group, batch_size the global batch (train/distributed.py)
+    rank, world_size = distributed.world()
     is_main = rank == 0
-    dev = resolve_device(device)
+    distributed.check_batch(batch_size, world_size)
+    dev = distributed.join(resolve_device(device))
     loss_fn = resolve_loss(loss)
     # An Objective (named terms, learned weighting) trains alongside the model: its weights
     # join the optimizer, its terms are logged, and its state is checkpointed.
@@ -129,6 +131,8 @@ def fit(
         objective.to(dev)
     splits = check.prepare_splits({"train": train, "val": val, "test": test}, network, loss_fn, dev, bar.note)
     train_data, val_data, test_data = splits["train"], splits["val"], splits["test"]
+    if isinstance(train_data, TensorData) and len(train_data) < batch_size:
+        distributed.check_batch(len(train_data), world_size)  # the batch is the whole (smaller) split
     difficulty, curriculum_epochs = flow.prepare(curriculum, progressive, train_data, model, epochs)
     opt = build_optimizer(optimizer, network, lr, weight_decay,
                           list(objective.parameters()) if objective is not None else [])
@@ -153,14 +157,14 @@ def fit(
         output_only=dict(epochs=epochs, device=str(dev), metrics=list(metric_fns), checkpoint_every=checkpoint_every,
                          log_every=log_every, layer_norms_every=layer_norms_every,
                          activation_checkpointing=activation_checkpointing, world_size=world_size),
-        with_data=folder is not None and is_main)
+        with_data=folder is not None)  # every rank checks the data it resumes on
 
     # --- where to start: fresh, or the newest intact checkpoint -------------------------
-    keeper = Checkpointer(network, opt, averaged, objective, folder if is_main else None, identity,
-                          keep_rollback=guard is not None, warn=bar.warn)
+    keeper = Checkpointer(network, opt, averaged, objective, folder, identity, keep_rollback=guard is not None,
+                          warn=bar.warn, writes=is_main, rank=rank, world_size=world_size)
     loaded = keeper.load_latest() if resume else None
     state = keeper.restore(loaded, dev) if loaded is not None else TrainState(epoch_start_rng=capture_rng())
-    if resume and loaded is None:
+    if resume and loaded is None and is_main:
         start_anew(folder, bar.warn)  # refused for a finished run whose checkpoints are gone
     seconds_before = state.seconds
     # A run resumed from the checkpoint written just before it stopped early stays stopped.
@@ -187,6 +191,8 @@ def fit(
     if activation_checkpointing:
         checkpoint_blocks(model)
     consecutive_bad = 0
+    distributed.barrier(world_size)  # every rank has read the checkpoint before rank 0 writes one
+    stepped = distributed.wrap(network, dev, world_size)  # what the step calls: DDP under several processes
 
     # --- the loop -------------------------------------------------------------------------
     network.train()
@@ -195,7 +201,8 @@ def fit(
         while state.epoch < epochs and not stopped_early:
             # Flow for this epoch: a pure function of the epoch, so resume sees the same.
             if progressive.unfreeze:
-                flow.apply_unfreeze(model, progressive.unfreeze, state.epoch)
+                if flow.apply_unfreeze(model, progressive.unfreeze, state.epoch) and world_size > 1:
+                    stepped = distributed.wrap(network, dev, world_size)  # DDP fixes its parameters when built
             input_size = flow.scheduled_value(progressive.resolution, state.epoch)
             pool = flow.curriculum_pool(difficulty, state.epoch, curriculum_epochs) if curriculum is not None else None
 
@@ -209,18 +216,20 @@ def fit(
                 if input_size is not None:
                     inputs = flow.resize_batch(inputs, input_size)
                 with autocast():
-                    outputs = network(inputs)
+                    outputs = stepped(inputs)
                     loss_value = loss_fn(outputs, targets)
                 opt.zero_grad(set_to_none=True)
                 (scaler.scale(loss_value) if scaler else loss_value).backward()
                 if scaler is not None:
                     scaler.unscale_(opt)
+                if objective is not None:
+                    distributed.average_gradients(objective.parameters(), world_size)  # DDP averages the network's
                 state.step += 1
                 state.batch_in_epoch += 1
 
                 # Non-finite guard: skip the step; after K bad steps in a row, roll back.
                 # (Under fp16 the GradScaler skips overflowing steps itself; we check the loss.)
-                if guard and not all_finite(loss_value, [] if scaler else guarded):
+                if guard and distributed.any_rank(not all_finite(loss_value, [] if scaler else guarded), dev, world_size):
                     state.skipped_steps += 1
                     consecutive_bad += 1
                     opt.zero_grad(set_to_none=True)

@@ -24,15 +24,6 @@ from typing import Any
 from endtoend.errors import UsageError
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else from torchrun's env."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def write_json_atomically(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write `data` as JSON to `path` through a temporary file and a rename: a kill leaves
     the old file or the new one, never half of one."""

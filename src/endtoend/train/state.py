@@ -24,6 +24,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.train import checkpoint as ckpt
+from endtoend.train import distributed
 from endtoend.train.rng import capture_rng, restore_rng
 from endtoend.train.rundir import write_json_atomically
 from endtoend.train.stability import WeightEMA, first_non_finite
@@ -92,13 +93,17 @@ _MISSING = object()
 class Checkpointer:
     """Saves, restores and rolls back the run's live objects; remembers the best weights.
 
-    `folder` None (or a non-main rank) writes nothing; `keep_rollback` keeps a host copy of
-    the last good state for the non-finite guard (only then: it costs a copy of the model).
+    `folder` None writes nothing; `writes` False (a rank other than 0) reads checkpoints but
+    writes none. `keep_rollback` keeps a host copy of the last good state for the non-finite
+    guard (only then: it costs a copy of the model). Under several processes the saved RNG
+    state is every rank's, in rank order, and each rank restores its own.
     """
 
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, averaged: WeightEMA | None,
                  objective: nn.Module | None, folder: Path | None, identity: dict[str, Any], *,
-                 keep_rollback: bool, keep_last: int = 3, warn: Callable[[str], None] = print):
+                 keep_rollback: bool, keep_last: int = 3, warn: Callable[[str], None] = print,
+                 writes: bool = True, rank: int = 0, world_size: int = 1):
+        self.writes, self.rank, self.world_size = writes, rank, world_size
         self.network, self.optimizer, self.averaged, self.objective = network, optimizer, averaged, objective
         self.root = folder / "checkpoints" if folder is not None else None
         self.identity = identity
@@ -126,8 +131,17 @@ class Checkpointer:
             self.averaged.load_state_dict(ema)
         if self.objective is not None and objective:
             self.objective.load_state_dict(objective)
-        restore_rng(loaded.state["rng"])
+        self._restore_rng(loaded.state["rng"])
         return TrainState.from_saved(loaded.state)
+
+    def _restore_rng(self, saved: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """A checkpoint of several processes holds one RNG state per rank."""
+        if isinstance(saved, list):
+            if len(saved) != self.world_size:
+                self.warn(f"the checkpoint was written by {len(saved)} processes, this run has {self.world_size}: "
+                          "every rank takes rank 0's random state")
+            saved = saved[self.rank] if len(saved) == self.world_size else saved[0]
+        restore_rng(saved)
 
     # --- save and roll back --------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ class Checkpointer:
             self.warn(f"not writing a checkpoint at step {state.step}: {bad} holds NaN/Inf")
             return False
         self.snapshot(state, seconds)
-        if self.root is None:
+        if self.root is None or not self.writes:
             return True
         optimizer_tensors, optimizer_groups = ckpt.optimizer_to_tensors(self.optimizer)
         saved = dict(dataclasses.asdict(self.rollback_point["state"]), rng=self.rollback_point["rng"],
@@ -166,7 +180,10 @@ class Checkpointer:
     def snapshot(self, state: TrainState, seconds: float) -> None:
         """Remember the current state as the rollback point (tensors on the host, only when the
         guard can roll back, so the last good state costs no second model in GPU memory)."""
-        point = {"state": dataclasses.replace(state, history=list(state.history), seconds=seconds), "rng": capture_rng()}
+        rng = capture_rng()
+        if self.world_size > 1:
+            rng = distributed.gather(rng, self.world_size)
+        point = {"state": dataclasses.replace(state, history=list(state.history), seconds=seconds), "rng": rng}
         if self.keep_rollback:
             point.update(model=_host_copy(self.network.state_dict()), optimizer=_host_copy(self.optimizer.state_dict()),
                          extra=_host_copy(self._extra_tensors()))
@@ -185,7 +202,7 @@ class Checkpointer:
             self.averaged.load_state_dict(ema)
         if self.objective is not None:
             self.objective.load_state_dict(objective)
-        restore_rng(point["rng"])
+        self._restore_rng(point["rng"])
         restored = dataclasses.replace(point["state"], history=list(point["state"].history),
                                        skipped_steps=state.skipped_steps, rollbacks=state.rollbacks + 1,
                                        lr_scale=state.lr_scale * lr_factor)

@@ -1,0 +1,59 @@
+"""Training runs for the multi-process tests, started under torchrun (or alone, for the
+one-process reference): `python ddp_run.py OUT MODE [resume]`.
+
+MODE plain:    an MLP without dropout or batch-norm; the weights must match one process's.
+MODE killable: dropout and a random transform, a slow forward and checkpoints every 3 steps,
+               so a test can kill every process mid-epoch and resume them.
+MODE raise:    rank 1 raises at its third step; the others must stop with an error, not hang.
+MODE loader:   plain, from a shuffling DataLoader.
+"""
+
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+
+import endtoend
+
+
+class Jitter(nn.Module):
+    def forward(self, x):
+        return x + 0.05 * torch.randn_like(x) if self.training else x
+
+
+class Net(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode, self.calls = mode, 0
+        dropout = [nn.Dropout(0.2)] if mode == "killable" else []
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), *dropout, nn.Linear(32, 3))
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.mode == "killable":
+                time.sleep(0.02)
+            if self.mode == "raise" and self.calls == 3 and os.environ.get("RANK") == "1":
+                raise RuntimeError("rank 1 fails on purpose")
+        return self.net(x)
+
+
+def main(out, mode, resume):
+    generator = torch.Generator().manual_seed(123)
+    x = torch.randn(320, 8, generator=generator)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    torch.manual_seed(7)
+    train = (x[:256], y[:256])
+    if mode == "loader":
+        train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=32, shuffle=True)
+    run = endtoend.fit(Net(mode), train, val=(x[256:], y[256:]), metrics=["accuracy"], epochs=3, batch_size=32,
+                       out=out, resume=resume, checkpoint_every=3 if mode == "killable" else None,
+                       transforms=Jitter() if mode == "killable" else None, progress=False, seed=5, audit="off",
+                       optimizer="sgd", lr=0.1)
+    print(run.weights_sha256, run.metrics["val_accuracy"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], "resume" in sys.argv[3:])
