@@ -74,7 +74,7 @@ def figure(inputs, targets, predictions: dict, runs: dict | None = None) -> Figu
         ax.tick_params(axis="y", labelsize=6)
         if key != "count_mae":
             ax.set_ylim(0, 1.08)
-    parts[0].suptitle("per-task test scores", fontsize=9)
+    parts[0].suptitle("per-task test scores (first seed; the comparison table holds the means over seeds)", fontsize=9)
     if learned:
         for ax, (row, history) in zip(np.atleast_1d(parts[1].subplots(1, len(learned))), learned.items()):
             for term, (steps, values) in history.items():
