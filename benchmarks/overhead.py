@@ -4,6 +4,10 @@ Same model, same data (tensors already in memory), same optimizer (AdamW) and ba
 Each trainer runs E1 and E2 epochs; the per-step time is (t(E2) - t(E1)) / extra steps, so
 start-up costs (imports, first-batch checks, the audit) cancel out. Median of `--repeats`.
 
+Then the whole run, start-up included, of about 10 seconds: the raw loop, `fit` writing
+nothing (`out=None`) and `fit` writing its run directory (checkpoint every epoch, metrics,
+TensorBoard, report.html, the exported model) with its default audit.
+
     python benchmarks/overhead.py [--repeats 3] [--quick]
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
+import tempfile
 import time
 import warnings
 
@@ -135,6 +141,29 @@ def per_step_seconds(trainers: dict, build, x, y, batch_size, repeats=3) -> dict
     return {name: statistics.median(values) for name, values in results.items()}
 
 
+def whole_run_seconds(build, x, y, epochs, repeats) -> dict[str, float]:
+    """Wall time of a whole run of each kind, taking turns within each repeat; median."""
+    def fit_to(out):
+        torch.manual_seed(0)
+        endtoend.fit(build(), (x, y), epochs=epochs, batch_size=64, schedule="constant", progress=False,
+                     precision="fp32", out=out, **({} if out else {"audit": "off"}))
+        _sync()
+
+    def fit_with_run_directory():
+        with tempfile.TemporaryDirectory() as folder:
+            fit_to(folder)
+
+    runs = {"raw loop": lambda: raw_loop(build, x, y, epochs, 64), "fit, out=None": lambda: fit_to(None),
+            "fit, run directory": fit_with_run_directory}
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -162,8 +191,19 @@ def main() -> list[dict]:
         for name, seconds in measured.items():
             rows.append({"model": model_name, "trainer": name, "ms_per_step": seconds * 1e3, "ratio": seconds / base})
             print(f"{model_name:10s} {name:16s} {seconds * 1e3:8.3f} {seconds / base:6.2f}x", flush=True)
+    samples, epochs = (1024, 4) if args.quick else (4096, 15)
+    x, y = (t.to(DEVICE) for t in data(samples))
+    print(f"\nwhole run: small CNN, {samples} samples, {epochs} epochs, batch 64, start-up included")
+    print(f"{'run':20s} {'seconds':>8s} {'vs raw':>7s}")
+    measured = whole_run_seconds(small_cnn, x, y, epochs, repeats)
+    for name, seconds in measured.items():
+        ratio = seconds / measured["raw loop"]
+        rows.append({"model": "small CNN", "trainer": f"whole run: {name}", "seconds": seconds, "ratio": ratio})
+        print(f"{name:20s} {seconds:8.2f} {ratio:6.2f}x", flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    from record import save
+
+    save("overhead", main(), "python " + " ".join(sys.argv))
