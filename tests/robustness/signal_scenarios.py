@@ -88,7 +88,9 @@ def chain(base: Path) -> dict:
     started = time.time()
     go_b, marker = base / "go-B", base / "stalled"
     # B starts now and waits, imported, for its turn (slow_cli.py's E2E_WAIT_FOR).
-    a = _popen(e2e_command(*TRAIN, "--out", str(out), slow=True), E2E_SLOW_FORWARD="0.15")
+    # 0.3 s a step: 12 steps (3.6 s) remain after step 4 for the SIGINT to land, enough when the
+    # watching thread shares the GIL with a loaded test session (0.15 s let A finish first, once)
+    a = _popen(e2e_command(*TRAIN, "--out", str(out), slow=True), E2E_SLOW_FORWARD="0.3")
     b = _popen(e2e_command(*TRAIN, "--out", str(out), "--resume", slow=True), E2E_SLOW_FORWARD="0.05",
                E2E_STALL_SAVE="1", E2E_STALL_MARKER=str(marker), E2E_WAIT_FOR=str(go_b))
     try:
