@@ -88,14 +88,16 @@ def chain(base: Path) -> dict:
     started = time.time()
     go_b, marker = base / "go-B", base / "stalled"
     # B starts now and waits, imported, for its turn (slow_cli.py's E2E_WAIT_FOR).
-    # 0.3 s a step: 12 steps (3.6 s) remain after step 4 for the SIGINT to land, enough when the
-    # watching thread shares the GIL with a loaded test session (0.15 s let A finish first, once)
-    a = _popen(e2e_command(*TRAIN, "--out", str(out), slow=True), E2E_SLOW_FORWARD="0.3")
+    # A pauses itself once checkpoint 4 exists (slow_cli.py's E2E_PAUSE_WHEN): a watcher thread
+    # starved in a loaded test session once saw step 4 only after A had finished
+    paused = base / "paused-A"
+    a = _popen(e2e_command(*TRAIN, "--out", str(out), slow=True), E2E_SLOW_FORWARD="0.15",
+               E2E_PAUSE_WHEN=str(out / "checkpoints" / "step-00000004"), E2E_PAUSE_MARKER=str(paused))
     b = _popen(e2e_command(*TRAIN, "--out", str(out), "--resume", slow=True), E2E_SLOW_FORWARD="0.05",
                E2E_STALL_SAVE="1", E2E_STALL_MARKER=str(marker), E2E_WAIT_FOR=str(go_b))
     try:
         # A: SIGINT mid-epoch
-        reached = _wait_for(lambda: "step-00000004" in _steps(out), a)
+        reached = _wait_for(paused.exists, a) and "step-00000004" in _steps(out)
         sent = time.time()
         if a.poll() is None:
             a.send_signal(signal.SIGINT)

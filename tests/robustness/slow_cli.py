@@ -5,6 +5,9 @@
 E2E_SLOW_FORWARD=SECONDS  sleep that long in every training-mode forward of the model's first
                           layer, so an epoch of digits --small lasts long enough to be interrupted.
 E2E_WAIT_FOR=PATH         import everything first, then wait until PATH exists before running.
+E2E_PAUSE_WHEN=PATH       once PATH exists, the next training forward creates E2E_PAUSE_MARKER and
+                          sleeps (up to 2 minutes): a signal sent after the marker appears lands
+                          mid-epoch however slowly the test session's watcher is scheduled.
 E2E_STALL_SAVE=N          the N-th checkpoint written by this process stalls for 10 minutes right
                           after its model.safetensors is written (the optimizer file and state.json
                           are not yet), after creating the file E2E_STALL_MARKER: a SIGKILL then
@@ -59,6 +62,9 @@ _delay = float(os.environ.get("E2E_SLOW_FORWARD", "0"))
 _first_layer: list[nn.Module] = []
 
 
+_pause_when, _paused = os.environ.get("E2E_PAUSE_WHEN"), []
+
+
 def _slow(module, args):
     if not module.training or not isinstance(module, (nn.Conv2d, nn.Linear)):
         return
@@ -66,6 +72,10 @@ def _slow(module, args):
         _first_layer.append(module)  # the first layer the first training forward reaches
     if _first_layer[0] is module:
         time.sleep(_delay)
+        if _pause_when and not _paused and Path(_pause_when).exists():
+            _paused.append(True)
+            Path(os.environ["E2E_PAUSE_MARKER"]).write_text("paused")
+            _sleep_while_parent_lives(120)
 
 
 if _delay:
