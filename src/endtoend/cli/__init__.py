@@ -9,7 +9,6 @@ Ctrl-C gets one line saying what was left behind, and exit code 130.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -170,7 +169,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out: the run directory to continue")
-    under_torchrun = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    from endtoend.train.distributed import world
+
+    rank, world_size = world()
+    under_torchrun = world_size > 1
     if args.nproc > 1 and not under_torchrun:
         return _launch_processes(args)
     if under_torchrun and args.out is None:
@@ -181,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
     trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
                                progress=not args.no_progress, variant=args.variant, options=options)
-    if int(os.environ.get("RANK", 0)) == 0:
+    if rank == 0:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
         print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")
     return 0
