@@ -52,7 +52,11 @@ def main(out, mode, resume):
                        out=out, resume=resume, checkpoint_every=3 if mode == "killable" else None,
                        transforms=Jitter() if mode == "killable" else None, progress=False, seed=5, audit="off",
                        optimizer="sgd", lr=0.1)
-    print(run.weights_sha256, run.metrics["val_accuracy"])
+    # One line from rank 0 in one write: both ranks printing let their writes interleave
+    # ("hash" + the other rank's line + " accuracy"), which read as a wrong result.
+    if os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(f"{run.weights_sha256} {run.metrics['val_accuracy']}\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
