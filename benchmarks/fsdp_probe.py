@@ -1,4 +1,4 @@
-"""What the pieces `fit(shard=True)` would build on do under FSDP2 here (docs/scaling.md, "FSDP").
+"""What the pieces `fit(shard=True)` builds on do under FSDP2 here, on their own (docs/scaling.md, "Sharding").
 
 Run: python -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/fsdp_probe.py
 

@@ -6,6 +6,10 @@ MODE killable: dropout and a random transform, a slow forward and checkpoints ev
                so a test can kill every process mid-epoch and resume them.
 MODE raise:    rank 1 raises at its third step; the others must stop with an error, not hang.
 MODE loader:   plain, from a shuffling DataLoader.
+MODE nan:      plain, but the forward returns NaN at training calls 10-12 (on rank 1 only under
+               several processes): three skipped steps, then a rollback to step 8.
+Flags: "shard" adds fit(shard=True) (FSDP) to any mode; "adamw" trains with AdamW (lr 0.01)
+instead of SGD (lr 0.1), so the optimizer has state to checkpoint and restore.
 """
 
 import os
@@ -37,10 +41,12 @@ class Net(nn.Module):
                 time.sleep(0.02)
             if self.mode == "raise" and self.calls == 3 and os.environ.get("RANK") == "1":
                 raise RuntimeError("rank 1 fails on purpose")
+            if self.mode == "nan" and 10 <= self.calls <= 12 and os.environ.get("RANK", "1") == "1":
+                return self.net(x) * float("nan")
         return self.net(x)
 
 
-def main(out, mode, resume):
+def main(out, mode, flags):
     generator = torch.Generator().manual_seed(123)
     x = torch.randn(320, 8, generator=generator)
     y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
@@ -49,15 +55,16 @@ def main(out, mode, resume):
     if mode == "loader":
         train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=32, shuffle=True)
     run = endtoend.fit(Net(mode), train, val=(x[256:], y[256:]), metrics=["accuracy"], epochs=3, batch_size=32,
-                       out=out, resume=resume, checkpoint_every=3 if mode == "killable" else None,
+                       out=out, resume="resume" in flags, checkpoint_every=3 if mode == "killable" else None,
                        transforms=Jitter() if mode == "killable" else None, progress=False, seed=5, audit="off",
-                       optimizer="sgd", lr=0.1)
+                       optimizer="adamw" if "adamw" in flags else "sgd", lr=0.01 if "adamw" in flags else 0.1,
+                       shard="shard" in flags, layer_norms_every=8)
     # One line from rank 0 in one write: both ranks printing let their writes interleave
     # ("hash" + the other rank's line + " accuracy"), which read as a wrong result.
     if os.environ.get("RANK", "0") == "0":
-        sys.stdout.write(f"{run.weights_sha256} {run.metrics['val_accuracy']}\n")
+        sys.stdout.write(f"{run.weights_sha256} {run.metrics['val_accuracy']} rollbacks {run.rollbacks}\n")
         sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "resume" in sys.argv[3:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

@@ -1,9 +1,11 @@
 """fit under torchrun: 2 processes with gloo on the CPU behave as one process with the same
 global batch, only rank 0 writes, a killed 2-process run resumes bit-identically, and a rank
-that fails stops the others with its error instead of a hang."""
+that fails stops the others with its error instead of a hang; the same with shard=True (FSDP),
+whose checkpoints are those of an unsharded run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,17 +40,49 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
-    return {"plain": (base / "p", run(base / "p", "plain")), "killable": (base / "k", run(base / "k", "killable"))}
+    # the sharded runs train with AdamW, so their checkpoints hold optimizer state to restore
+    runs = {"alone": ("plain",), "plain": ("plain",), "killable": ("killable",),
+            "alone-adamw": ("plain", "adamw"), "shard": ("plain", "shard", "adamw"),
+            "killable-shard": ("killable", "shard", "adamw"), "alone-nan": ("nan", "adamw"),
+            "nan-shard": ("nan", "shard", "adamw")}
+    return {name: (base / name, run(base / name, *args, processes=1 if name.startswith("alone") else 2))
+            for name, args in runs.items()}
 
 
-def test_two_processes_train_the_one_process_model(tmp_path, two):
-    # Same global batch of 32, each rank 16 rows, gradients averaged: the same SGD steps up to
-    # the order of float sums (about 1e-7 per step); 24 steps stay far inside 1e-4.
-    run(tmp_path, "plain", processes=1)
-    alone, both = weights(tmp_path), weights(two["plain"][0])
+@pytest.mark.parametrize("kind, reference", [("plain", "alone"), ("shard", "alone-adamw")])
+def test_two_processes_train_the_one_process_model(two, kind, reference):
+    # Same global batch of 32, each rank 16 rows, gradients averaged (DDP) or reduce-scattered
+    # (FSDP): the same steps up to the order of float sums (about 1e-7 per step); 24 steps
+    # stay far inside 1e-4.
+    alone, both = weights(two[reference][0]), weights(two[kind][0])
     assert alone.keys() == both.keys()
     for name in alone:
         assert torch.allclose(alone[name], both[name], atol=1e-4), name
+
+
+def logged(out: Path, split: str) -> dict[tuple[int, str], float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {(r["step"], r["name"]): r["value"] for r in rows if r["split"] == split}
+
+
+def test_a_sharded_run_logs_the_one_process_layer_norms(two):
+    # every rank measures its shards and the squares are summed over ranks: whole-layer norms
+    alone, sharded = logged(two["alone-adamw"][0], "grad_norm"), logged(two["shard"][0], "grad_norm")
+    assert alone.keys() == sharded.keys() and len(alone) == 3 * 4  # steps 8, 16, 24; 4 tensors
+    for key in alone:
+        assert sharded[key] == pytest.approx(alone[key], rel=1e-4), key
+
+
+def test_a_sharded_checkpoint_is_an_unsharded_one(two):
+    # the full state gathered on rank 0, in fit's format: the files, names and values of one process
+    for file in ("model.safetensors", "optimizer.safetensors"):
+        alone = load_file(two["alone-adamw"][0] / "checkpoints" / f"step-{24:08d}" / file)
+        fsdp = load_file(two["shard"][0] / "checkpoints" / f"step-{24:08d}" / file)
+        assert alone.keys() == fsdp.keys() and len(alone) == (4 if file.startswith("model") else 12)
+        for name in alone:
+            assert torch.allclose(alone[name], fsdp[name], atol=1e-4), (file, name)
+    state = json.loads((two["shard"][0] / "checkpoints" / f"step-{24:08d}" / "state.json").read_text())
+    assert state["optimizer_groups"][0]["params"] == [0, 1, 2, 3]
 
 
 def test_two_processes_from_a_dataloader_match_one(tmp_path):
@@ -68,9 +102,34 @@ def test_only_rank_0_writes(two):
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
 
 
-def test_a_killed_two_process_run_resumes_bit_identical(tmp_path, two):
-    process = subprocess.Popen(TORCHRUN + [str(SCRIPT), str(tmp_path), "killable"], env=ENV, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_a_sharded_run_rolls_back_as_one_process_does(two):
+    # NaN on rank 1 alone: every rank skips the three steps, then all roll back to the last
+    # good state (step 8), gathered on rank 0 and loaded back into every rank's shards
+    assert two["alone-nan"][1].endswith("rollbacks 1") and two["nan-shard"][1].endswith("rollbacks 1")
+    alone, sharded = weights(two["alone-nan"][0]), weights(two["nan-shard"][0])
+    for name in alone:
+        assert torch.allclose(alone[name], sharded[name], atol=1e-4), name
+
+
+def test_a_sharded_run_resumes_in_one_process(tmp_path, two):
+    # its checkpoint of step 16 (epoch 2 of 3), the later files removed, resumed unsharded
+    shutil.copytree(two["shard"][0], tmp_path / "run")
+    for later in ("summary.json", "model.safetensors", f"checkpoints/step-{24:08d}"):
+        shutil.rmtree(tmp_path / "run" / later) if later.startswith("checkpoints") else (tmp_path / "run" / later).unlink()
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "run"), "plain", "adamw", "resume"],
+                          capture_output=True, text=True, timeout=180, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "written by 2 processes, this run has 1" in done.stderr  # it resumed the sharded checkpoint
+    alone, resumed = weights(two["alone-adamw"][0]), weights(tmp_path / "run")
+    for name in alone:
+        assert torch.allclose(alone[name], resumed[name], atol=1e-4), name
+
+
+@pytest.mark.parametrize("kind", ["killable", "killable-shard"])
+def test_a_killed_two_process_run_resumes_bit_identical(tmp_path, two, kind):
+    flags = ["shard", "adamw"] if kind.endswith("shard") else []
+    process = subprocess.Popen(TORCHRUN + [str(SCRIPT), str(tmp_path), "killable", *flags], env=ENV,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target, deadline = tmp_path / "checkpoints" / f"step-{12:08d}", time.time() + 120
     while not target.exists():
         assert process.poll() is None, "the run ended before the checkpoint appeared"
@@ -79,7 +138,7 @@ def test_a_killed_two_process_run_resumes_bit_identical(tmp_path, two):
     os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks at once
     process.wait()
     assert not (tmp_path / "summary.json").exists()
-    assert run(tmp_path, "killable", "resume") == two["killable"][1]
+    assert run(tmp_path, "killable", "resume", *flags) == two[kind][1]
 
 
 def test_a_failing_rank_stops_the_others_with_its_error(tmp_path):
@@ -104,3 +163,17 @@ def test_a_batch_is_shared_row_by_row():
     assert mine[0].tolist() == [[2, 3], [6, 7]] and mine[1]["y"].tolist() == [1, 3]
     with pytest.raises(UsageError, match="drop_last=True"):
         distributed.share(torch.arange(5), rank=0, size=2)
+
+
+def test_shard_refuses_what_it_does_not_support_in_one_line():
+    with pytest.raises(UsageError, match=r"shard=True does not support ema= yet .*shard=False"):
+        endtoend.fit(mlp(), separable(), shard=True, ema=0.99, progress=False)
+    with pytest.raises(UsageError, match="shard must be True or False"):
+        endtoend.fit(mlp(), separable(), shard="yes", progress=False)
+
+
+def test_shard_in_one_process_trains_unsharded(capsys):
+    plain = endtoend.fit(mlp(), separable(), epochs=1, audit="off", progress=False)
+    sharded = endtoend.fit(mlp(), separable(), epochs=1, audit="off", progress=False, shard=True)
+    assert sharded.weights_sha256 == plain.weights_sha256
+    assert "nothing to shard over" in capsys.readouterr().err

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
                        help="train in N processes on this machine (torchrun, DistributedDataParallel; the "
                        "recipe's batch size stays the global batch); prints the torchrun line for clusters")
+    train.add_argument("--shard", action="store_true",
+                       help="with --nproc N (or under torchrun): shard parameters, gradients and optimizer state "
+                       "over the processes (FSDP, fit(shard=True)) instead of a full copy in each (DDP)")
 
     compare = recipe_verb("compare", "train the staged pipelines and the end-to-end model; compare",
                           "runs/RECIPE-TIMESTAMP", _compare)
@@ -182,7 +185,8 @@ def _train(args: argparse.Namespace) -> int:
     options = run.recipe_options(recipe, args.options)
     trained = run.train_recipe(recipe, args.out, seed=args.seed, small=args.small, epochs=args.epochs,
                                resume=args.resume, checkpoint_every=args.checkpoint_every,
-                               progress=not args.no_progress, variant=args.variant, options=options)
+                               progress=not args.no_progress, variant=args.variant, options=options,
+                               **({"shard": True} if args.shard else {}))
     if rank == 0:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items())
         print(f"{recipe.NAME}: {shown}\nrun directory: {args.out}")

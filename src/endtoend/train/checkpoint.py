@@ -261,9 +261,8 @@ def prune_checkpoints(root: Path, keep_last: int = 3, keep: set[int] | None = No
             shutil.rmtree(folder)
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def optimizer_to_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Split an optimizer state_dict into tensors (for safetensors) and JSON-able groups."""
-    sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for index, per_param in sd["state"].items():
         for key, value in per_param.items():
@@ -274,8 +273,9 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
     return tensors, groups
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    """Inverse of `optimizer_to_tensors`: load the saved state into `optimizer`."""
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           groups: list[dict]) -> dict[str, Any]:
+    """Inverse of `optimizer_to_tensors`: the state_dict to load into `optimizer`."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         _, index, key = name.split(".", 2)
@@ -288,4 +288,4 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
             if isinstance(v, tuple) and k in group:
                 group[k] = tuple(group[k])
         restored.append(group)
-    optimizer.load_state_dict({"state": state, "param_groups": restored})
+    return {"state": state, "param_groups": restored}

@@ -18,6 +18,7 @@ Nothing here is a plugin: the loop calls these functions on visible lines.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Mapping
@@ -56,7 +57,13 @@ def join(device: torch.device) -> torch.device:
                              "(or `e2e train --nproc N`), which sets the rendezvous for every process")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        atexit.register(_leave)  # we joined it, we leave it: before the interpreter tears down torch
     return device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_batch(batch_size: int, size: int) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.objective import Objective
-from endtoend.train import distributed, flow
+from endtoend.train import distributed, flow, sharding
 from endtoend.train import validate as check
 from endtoend.train.checkpoint import MODEL_FILE, weights_sha256, write_model_file
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
@@ -78,6 +78,7 @@ def fit(
     epochs: int = 10, batch_size: int = 64, optimizer: str | Callable[[Any], torch.optim.Optimizer] = "adamw",
     lr: float | None = None, weight_decay: float = 0.0, schedule: str = "one-cycle",
     transforms: nn.Module | None = None, seed: int = 0, device: str = "auto",
+    shard: bool = False,  # under torchrun: FSDP instead of DDP (docs/scaling.md)
     # the run directory
     out: str | Path | None = None, resume: bool = False, checkpoint_every: int | None = None,
     config: dict[str, Any] | None = None, progress: bool = True, log_every: int = 10, audit: str = "warn",
@@ -105,13 +106,17 @@ def fit(
                           log_every=log_every, layer_norms_every=layer_norms_every, early_stopping=early_stopping,
                           ema=ema, monitor=monitor, resume=resume, out=out, config=config, schedule=schedule,
                           audit=audit, precision=precision, splits={"train": train, "val": val, "test": test},
-                          progress=progress, activation_checkpointing=activation_checkpointing)
+                          progress=progress, activation_checkpointing=activation_checkpointing, shard=shard)
     clip, guard, curriculum, progressive = as_clipping(clip), as_guard(guard), as_curriculum(curriculum), as_progressive(progressive)
+    if shard:
+        check.check_shard(ema=ema, progressive=progressive, precision=precision, loss=loss,
+                          activation_checkpointing=activation_checkpointing)
     # several processes under torchrun: one process group, batch_size the global batch (train/distributed.py)
     rank, world_size = distributed.world()
     is_main = rank == 0
     distributed.check_batch(batch_size, world_size)
     dev = distributed.join(resolve_device(device))
+    sharded = shard and world_size > 1  # FSDP: parameters, gradients, optimizer state split over the ranks
     loss_fn = resolve_loss(loss)
     # An Objective (named terms, learned weighting) trains alongside the model: its weights
     # join the optimizer, its terms are logged, and its state is checkpointed.
@@ -123,10 +128,15 @@ def fit(
         check_output_folder(folder, resume)
     bar = TrainingProgress(enabled=progress and is_main, total_steps=1)
     seed_everything(seed)
+    if shard and not sharded:
+        bar.warn("shard=True in one process: nothing to shard over, training unsharded (start it with torchrun)")
 
     # --- build: the network on the device, the data, the optimizer --------------------------
     network = nn.Sequential(OrderedDict(transforms=transforms, model=model)) if transforms is not None else model
-    network.to(dev)
+    if sharded:  # before the optimizer is built, which must hold the shards
+        sharding.shard(network, dev)  # moves each unit to the device as it shards it: never the whole model
+    else:
+        network.to(dev)
     if objective is not None:
         objective.to(dev)
     splits = check.prepare_splits({"train": train, "val": val, "test": test}, network, loss_fn, dev, bar.note)
@@ -161,7 +171,7 @@ def fit(
 
     # --- where to start: fresh, or the newest intact checkpoint -------------------------
     keeper = Checkpointer(network, opt, averaged, objective, folder, identity, keep_rollback=guard is not None,
-                          warn=bar.warn, writes=is_main, rank=rank, world_size=world_size)
+                          warn=bar.warn, writes=is_main, rank=rank, world_size=world_size, sharded=sharded)
     loaded = keeper.load_latest() if resume else None
     state = keeper.restore(loaded, dev) if loaded is not None else TrainState(epoch_start_rng=capture_rng())
     if resume and loaded is None and is_main:
@@ -192,7 +202,8 @@ def fit(
         checkpoint_blocks(model)
     consecutive_bad = 0
     distributed.barrier(world_size)  # every rank has read the checkpoint before rank 0 writes one
-    stepped = distributed.wrap(network, dev, world_size)  # what the step calls: DDP under several processes
+    # what the step calls: DDP under several processes; a sharded network syncs its own gradients
+    stepped = network if sharded else distributed.wrap(network, dev, world_size)
 
     # --- the loop -------------------------------------------------------------------------
     network.train()
@@ -243,7 +254,8 @@ def fit(
                     continue
                 consecutive_bad = 0
 
-                if layer_norms_every and writer.enabled and state.step % layer_norms_every == 0:  # per-layer monitor
+                # per-layer monitor (every rank measures its shards when sharded; rank 0 writes)
+                if layer_norms_every and (writer.enabled or sharded) and state.step % layer_norms_every == 0:
                     for name, value in gradient_norms(network).items():
                         writer.log(state.step, state.epoch, "grad_norm", name, value)
                     for name, value in weight_norms(network).items():
@@ -306,12 +318,14 @@ def fit(
                 metrics[f"{split}_{name}"] = value
                 writer.log(state.step, state.epoch, split, f"final_{name}", value)
         seconds = seconds_before + time.time() - started
+    final = keeper.model_state()  # sharded: the full weights on rank 0 only
+    digest = sharding.share_from_rank0(weights_sha256(final) if is_main else None) if sharded else weights_sha256(final)
     run = Run(model=model, metrics=metrics, history=state.history, folder=folder,
-              weights_sha256=weights_sha256(network.state_dict()), seconds=seconds, steps=state.step,
+              weights_sha256=digest, seconds=seconds, steps=state.step,
               skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,
               audit=audit_report, config=resolved)
     if writes:  # before summary.json, so a finished run directory always holds its model
-        write_model_file(folder, model.state_dict())
+        write_model_file(folder, _model_weights(final, with_transforms=transforms is not None))
     writer.write_json("summary.json", run.summary(recipe=(config or {}).get("recipe"), seed=seed, epochs=epochs,
                                                   device=str(dev)))
     writer.close()
@@ -319,10 +333,20 @@ def fit(
         from endtoend.report import write_run_report
 
         write_run_report(folder)
+    # Every rank leaves together: the run directory is whole when fit returns on any rank, and
+    # no rank tears its process group down while rank 0 is still writing (that crashed at exit).
+    distributed.barrier(world_size)
     return run
 
 
 # --- pieces of the loop that would hide its shape if inlined -------------------------------
+
+def _model_weights(network_state, with_transforms):
+    """The user's model's weights out of the network's (without the transforms wrapper's prefix)."""
+    if not with_transforms:
+        return network_state
+    return {name[len("model."):]: value for name, value in network_state.items() if name.startswith("model.")}
+
 
 def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metric_fns) -> dict[str, float]:
     batches = eval_batches(data, batch_size * 4, dev)

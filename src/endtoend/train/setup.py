@@ -12,6 +12,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.train.options import check_positive
+from endtoend.train.sharding import unsharded_class
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 DEFAULT_LR = {"adamw": 1e-3, "adam": 1e-3, "sgd": 0.1}
@@ -95,7 +96,7 @@ def run_identity(network: nn.Module, opt: torch.optim.Optimizer, *, recipe: Any,
     """
     shapes = [(name, list(t.shape)) for name, t in network.state_dict().items()]
     group = opt.param_groups[0]
-    identity = {"recipe": recipe, "model": f"{type(network).__name__}:{stable_hash(shapes)[:16]}", "seed": seed,
+    identity = {"recipe": recipe, "model": f"{unsharded_class(network).__name__}:{stable_hash(shapes)[:16]}", "seed": seed,
                 "batch_size": batch_size, "optimizer": type(opt).__name__, "lr": group.get("lr"),
                 "weight_decay": group.get("weight_decay"),
                 "optimizer_settings": {k: v for k, v in group.items() if k not in ("params", "lr", "weight_decay", "initial_lr")},

@@ -9,6 +9,7 @@ number reads the device exactly once, so the loop decides when to pay for that s
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -106,9 +107,19 @@ def _norms_by_name(named: list[tuple[str, Tensor]]) -> dict[str, float]:
     if not named:
         return {}
     names = [name for name, _ in named]
+    if _is_dtensor(named[0][1]):  # fit(shard=True): every rank holds a shard; sum the squares over ranks
+        squares = torch.stack(torch._foreach_norm([tensor.to_local() for _, tensor in named])) ** 2
+        torch.distributed.all_reduce(squares)
+        return dict(zip(names, squares.sqrt().tolist()))
     norms = torch._foreach_norm([tensor for _, tensor in named])
     device = norms[0].device
     return dict(zip(names, torch.stack([n.to(device) for n in norms]).tolist()))  # the one sync
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    """A shard of fit(shard=True)'s parameters; no import cost when nothing is sharded."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def gradient_norms(model: nn.Module) -> dict[str, float]:
@@ -131,6 +142,8 @@ def all_finite(loss: Tensor, parameters: Iterable[Tensor]) -> bool:
     isfinite is used rather than a norm because a norm of finite float16 values can overflow.
     """
     gradients = [p.grad for p in parameters if p.grad is not None]
+    if gradients and _is_dtensor(gradients[0]):  # sharded: check this rank's shards; the loop reduces the flag
+        gradients = [gradient.to_local() for gradient in gradients]
     by_device: dict[torch.device, list[Tensor]] = {}
     for gradient in gradients:
         by_device.setdefault(gradient.device, []).append(gradient)

@@ -24,7 +24,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.train import checkpoint as ckpt
-from endtoend.train import distributed
+from endtoend.train import distributed, sharding
 from endtoend.train.rng import capture_rng, restore_rng
 from endtoend.train.rundir import write_json_atomically
 from endtoend.train.stability import WeightEMA, first_non_finite
@@ -97,13 +97,17 @@ class Checkpointer:
     writes none. `keep_rollback` keeps a host copy of the last good state for the non-finite
     guard (only then: it costs a copy of the model). Under several processes the saved RNG
     state is every rank's, in rank order, and each rank restores its own.
+
+    `sharded` (fit(shard=True)): every copy of the network's and optimizer's state goes
+    through train/sharding.py, which gathers the full state into rank 0's host memory and
+    loads it back into every rank's shards; the files are those of an unsharded run.
     """
 
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, averaged: WeightEMA | None,
                  objective: nn.Module | None, folder: Path | None, identity: dict[str, Any], *,
                  keep_rollback: bool, keep_last: int = 3, warn: Callable[[str], None] = print,
-                 writes: bool = True, rank: int = 0, world_size: int = 1):
-        self.writes, self.rank, self.world_size = writes, rank, world_size
+                 writes: bool = True, rank: int = 0, world_size: int = 1, sharded: bool = False):
+        self.writes, self.rank, self.world_size, self.sharded = writes, rank, world_size, sharded
         self.network, self.optimizer, self.averaged, self.objective = network, optimizer, averaged, objective
         self.root = folder / "checkpoints" if folder is not None else None
         self.identity = identity
@@ -124,9 +128,10 @@ class Checkpointer:
 
     def restore(self, loaded: ckpt.Checkpoint, device: torch.device) -> TrainState:
         """Load a checkpoint's tensors into the live objects and return its TrainState."""
-        self.network.load_state_dict({k: v.to(device) for k, v in loaded.model.items()})
+        self.load_model({k: v.to(device) for k, v in loaded.model.items()})
         optimizer_tensors, ema, objective = _unpack(loaded.optimizer, device)
-        ckpt.optimizer_from_tensors(self.optimizer, optimizer_tensors, loaded.state["optimizer_groups"])
+        self._load_optimizer(ckpt.optimizer_from_tensors(self.optimizer, optimizer_tensors,
+                                                         loaded.state["optimizer_groups"]))
         if self.averaged is not None and ema:
             self.averaged.load_state_dict(ema)
         if self.objective is not None and objective:
@@ -151,19 +156,22 @@ class Checkpointer:
             return False  # nothing to write and nothing to roll back to: skip the scan and copies
         # Everything the checkpoint holds, not only the weights: Adam's second moment can
         # overflow to Inf from a huge but finite gradient while the weights stay finite.
-        bad = first_non_finite({"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+        model, optimizer = self.model_state(), self._optimizer_state()  # full copies on rank 0 when sharded
+        bad = first_non_finite({"model": model, "optimizer": optimizer["state"],
                                 "ema": self.averaged.state_dict() if self.averaged is not None else {}})
+        if self.sharded:  # only rank 0 holds the full state: its answer is every rank's
+            bad = sharding.share_from_rank0(bad)
         if bad is not None:
             self.warn(f"not writing a checkpoint at step {state.step}: {bad} holds NaN/Inf")
             return False
-        self.snapshot(state, seconds)
+        self.snapshot(state, seconds, model, optimizer)
         if self.root is None or not self.writes:
             return True
-        optimizer_tensors, optimizer_groups = ckpt.optimizer_to_tensors(self.optimizer)
+        optimizer_tensors, optimizer_groups = ckpt.optimizer_to_tensors(optimizer)
         saved = dict(dataclasses.asdict(self.rollback_point["state"]), rng=self.rollback_point["rng"],
                      identity=self.identity, optimizer_groups=optimizer_groups)
         try:
-            ckpt.save_checkpoint(self.root, state.step, self.network.state_dict(),
+            ckpt.save_checkpoint(self.root, state.step, model,
                                  optimizer_tensors | self._extra_tensors(), saved,
                                  check=lambda existing: TrainState.from_saved(existing.state))
             if state.best_step is not None:  # rewritten every time, so it never points at a stale step
@@ -177,15 +185,18 @@ class Checkpointer:
                              "(the previous checkpoint is intact)") from None
         return True
 
-    def snapshot(self, state: TrainState, seconds: float) -> None:
+    def snapshot(self, state: TrainState, seconds: float, model: dict[str, torch.Tensor] | None = None,
+                 optimizer: dict[str, Any] | None = None) -> None:
         """Remember the current state as the rollback point (tensors on the host, only when the
-        guard can roll back, so the last good state costs no second model in GPU memory)."""
+        guard can roll back, so the last good state costs no second model in GPU memory).
+        `model` and `optimizer`: their state dicts when the caller has just taken them."""
         rng = capture_rng()
         if self.world_size > 1:
             rng = distributed.gather(rng, self.world_size)
         point = {"state": dataclasses.replace(state, history=list(state.history), seconds=seconds), "rng": rng}
         if self.keep_rollback:
-            point.update(model=_host_copy(self.network.state_dict()), optimizer=_host_copy(self.optimizer.state_dict()),
+            point.update(model=_host_copy(model if model is not None else self.model_state()),
+                         optimizer=_host_copy(optimizer if optimizer is not None else self._optimizer_state()),
                          extra=_host_copy(self._extra_tensors()))
         self.rollback_point = point
 
@@ -195,8 +206,8 @@ class Checkpointer:
             raise UsageError(f"training diverged: {max_rollbacks} rollbacks did not get past non-finite "
                              "losses/gradients; lower lr, enable clip, or check the data")
         point = self.rollback_point
-        self.network.load_state_dict(point["model"])
-        self.optimizer.load_state_dict(copy.deepcopy(point["optimizer"]))
+        self.load_model(point["model"])
+        self._load_optimizer(copy.deepcopy(point["optimizer"]))
         _, ema, objective = _unpack(point["extra"], None)
         if self.averaged is not None:
             self.averaged.load_state_dict(ema)
@@ -215,7 +226,7 @@ class Checkpointer:
     def remember_best(self) -> None:
         """Keep a copy of the weights evaluation uses (the EMA ones when enabled)."""
         with self.averaged.swapped(self.network) if self.averaged is not None else contextlib.nullcontext():
-            self.best_weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            self.best_weights = {k: v.detach().clone() for k, v in self.model_state().items()}
 
     def load_best(self, step: int | None, device: torch.device) -> dict[str, torch.Tensor] | None:
         """The best weights: the in-memory copy, or (after a resume) the kept best checkpoint's.
@@ -242,9 +253,30 @@ class Checkpointer:
         if stopped_early:
             best = self.load_best(best_step, device)
             if best is not None:
-                self.network.load_state_dict(best)
+                self.load_model(best)
         elif self.averaged is not None:
             self.averaged.copy_to(self.network)
+
+    # --- the network's and optimizer's state, whole or sharded ------------------------------------
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The network's state_dict (sharded: the full one on rank 0, {} on the others)."""
+        return sharding.model_state(self.network) if self.sharded else self.network.state_dict()
+
+    def load_model(self, state: dict[str, torch.Tensor]) -> None:
+        if self.sharded:
+            sharding.load_model_state(self.network, state)
+        else:
+            self.network.load_state_dict(state)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        return sharding.optimizer_state(self.network, self.optimizer) if self.sharded else self.optimizer.state_dict()
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            sharding.load_optimizer_state(self.network, self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
 
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         extra = {}

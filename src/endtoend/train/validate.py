@@ -43,7 +43,7 @@ REAL_TARGET_LOSSES = {F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.b
 
 def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, seed, checkpoint_every, log_every,
                     layer_norms_every, early_stopping, ema, monitor, resume, out, config, schedule, audit, precision,
-                    splits, progress, activation_checkpointing) -> None:
+                    splits, progress, activation_checkpointing, shard=False) -> None:
     """The plain values of fit's arguments: types, ranges and choices, before anything is built."""
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("audit", audit, AUDIT_MODES)
@@ -70,7 +70,8 @@ def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, 
         raise UsageError(f"ema is the averaging decay and must be in (0, 1), got {ema!r}; try 0.999")
     if monitor is not None and not isinstance(monitor, str):
         raise UsageError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
-    for name, flag in (("resume", resume), ("progress", progress), ("activation_checkpointing", activation_checkpointing)):
+    for name, flag in (("resume", resume), ("progress", progress), ("activation_checkpointing", activation_checkpointing),
+                       ("shard", shard)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
     if out is not None and not isinstance(out, (str, os.PathLike)):
@@ -90,6 +91,23 @@ def check_split_kind(split: str, data: Any, epochs: int) -> None:
     if hasattr(data, "__next__") and iter(data) is data and (split != "train" or epochs > 1):
         raise UsageError(f"{split} is a one-shot iterator (a generator), which is used up after one pass; "
                          "pass (inputs, targets) tensors or a DataLoader, which can be iterated again")
+
+
+def check_shard(*, ema, progressive, precision, loss, activation_checkpointing) -> None:
+    """What fit(shard=True) does not support yet, refused before anything is built. Each of
+    these reads or rebuilds the parameters on one rank, or outside the sharded module."""
+    unsupported = [
+        ("ema=", ema is not None, "the average is kept of whole parameters"),
+        ("progressive unfreezing", bool(progressive.unfreeze), "FSDP fixes which parameters train when it shards"),
+        ("precision='fp16'", precision == "fp16", "its GradScaler does not reduce over shards"),
+        ("an Objective with learned weights", any(True for _ in getattr(loss, "parameters", lambda: ())()),
+         "its weights live outside the sharded model"),
+        ("activation_checkpointing=True", activation_checkpointing, "untested with FSDP here"),
+    ]
+    for what, used, why in unsupported:
+        if used:
+            raise UsageError(f"shard=True does not support {what} yet ({why}); drop one of the two, "
+                             "or train with DDP (shard=False)")
 
 
 def check_monitor(monitor: str | None, metric_fns: dict[str, Any], *, has_val: bool, has_test: bool) -> str:
