@@ -144,22 +144,21 @@ def all_finite(loss: Tensor, parameters: Iterable[Tensor]) -> bool:
     gradients = [p.grad for p in parameters if p.grad is not None]
     if gradients and _is_dtensor(gradients[0]):  # sharded: check this rank's shards; the loop reduces the flag
         gradients = [gradient.to_local() for gradient in gradients]
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for gradient in gradients:
-        by_device.setdefault(gradient.device, []).append(gradient)
-    found = torch.logical_not(torch.isfinite(loss.detach()).all()).float().reshape(1)
+    # GradScaler's fused check, ~8x faster than isfinite per tensor on CPU: one kernel per
+    # device and dtype, the loss joining it as a 1-element view, then one sync. It adds 1 to
+    # the flag on a NaN/Inf; a scale of exactly 1.0 leaves every tensor bit-identical.
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for tensor in (loss.detach().reshape(1), *gradients):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(tensor)
     try:
-        # GradScaler's fused check: one kernel per device, ~8x faster than isfinite per
-        # tensor on CPU. It adds 1 to `found` on a NaN/Inf; a scale of exactly 1.0 leaves
-        # the gradients bit-identical.
-        for device, group in by_device.items():
-            flag = found if device == found.device else torch.zeros(1, device=device)
-            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, _one(device))
-            if flag is not found:
-                found += flag.to(found.device)
+        flags = []
+        for (device, _), group in groups.items():
+            flags.append(torch.zeros(1, device=device))
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flags[-1], _one(device))
+        found = flags[0] if len(flags) == 1 else sum(flag.to(flags[0].device) for flag in flags)
     except (RuntimeError, NotImplementedError):  # sparse or exotic gradients: the plain way
         found = torch.stack([torch.isfinite(t).all() for t in [loss.detach(), *gradients]]).logical_not().float()
-    return not bool(found.any())
+    return not found.any().item()
 
 
 _ONES: dict[torch.device, Tensor] = {}
