@@ -15,6 +15,7 @@ instead of SGD (lr 0.1), so the optimizer has state to checkpoint and restore.
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,11 +31,13 @@ class Jitter(nn.Module):
 class Net(nn.Module):
     def __init__(self, mode):
         super().__init__()
-        self.mode, self.calls = mode, 0
+        self.mode, self.calls, self.eval_rows = mode, 0, 0
         dropout = [nn.Dropout(0.2)] if mode == "killable" else []
         self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), *dropout, nn.Linear(32, 3))
 
     def forward(self, x):
+        if not self.training:
+            self.eval_rows += x.shape[0]
         if self.training:
             self.calls += 1
             if self.mode == "killable":
@@ -48,13 +51,14 @@ class Net(nn.Module):
 
 def main(out, mode, flags):
     generator = torch.Generator().manual_seed(123)
-    x = torch.randn(320, 8, generator=generator)
+    x = torch.randn(321, 8, generator=generator)  # val: 65 rows, split 33/32 between two ranks
     y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
     torch.manual_seed(7)
     train = (x[:256], y[:256])
     if mode == "loader":
         train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=32, shuffle=True)
-    run = endtoend.fit(Net(mode), train, val=(x[256:], y[256:]), metrics=["accuracy"], epochs=3, batch_size=32,
+    net = Net(mode)
+    run = endtoend.fit(net, train, val=(x[256:], y[256:]), metrics=["accuracy"], epochs=3, batch_size=32,
                        out=out, resume="resume" in flags, checkpoint_every=3 if mode == "killable" else None,
                        transforms=Jitter() if mode == "killable" else None, progress=False, seed=5, audit="off",
                        optimizer="adamw" if "adamw" in flags else "sgd", lr=0.01 if "adamw" in flags else 0.1,
@@ -62,6 +66,7 @@ def main(out, mode, flags):
     # One line from rank 0 in one write: both ranks printing let their writes interleave
     # ("hash" + the other rank's line + " accuracy"), which read as a wrong result.
     if os.environ.get("RANK", "0") == "0":
+        (Path(out) / "eval_rows.txt").write_text(str(net.eval_rows))  # rows rank 0 evaluated, checks included
         sys.stdout.write(f"{run.weights_sha256} {run.metrics['val_accuracy']} rollbacks {run.rollbacks}\n")
         sys.stdout.flush()
 

@@ -60,6 +60,19 @@ def test_two_processes_train_the_one_process_model(two, kind, reference):
         assert torch.allclose(alone[name], both[name], atol=1e-4), name
 
 
+@pytest.mark.parametrize("kind, reference", [("plain", "alone"), ("shard", "alone-adamw")])
+def test_two_processes_evaluate_as_one_process(two, kind, reference):
+    # each rank runs its rows of every val batch (33 and 32 of 65), the outputs are gathered
+    # back: the metrics of the whole split, as one process computes them
+    alone, both = (json.loads((two[name][0] / "summary.json").read_text())["metrics"] for name in (reference, kind))
+    assert alone.keys() == both.keys()
+    assert both["val_accuracy"] == alone["val_accuracy"]
+    assert both["val_loss"] == pytest.approx(alone["val_loss"], abs=1e-5)
+    # and rank 0 ran about half of the rows: 33 of each 65-row evaluation, 65 alone
+    rows = {name: int((two[name][0] / "eval_rows.txt").read_text()) for name in (reference, kind)}
+    assert rows[kind] < 0.6 * rows[reference], rows
+
+
 def logged(out: Path, split: str) -> dict[tuple[int, str], float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {(r["step"], r["name"]): r["value"] for r in rows if r["split"] == split}
@@ -177,3 +190,27 @@ def test_shard_in_one_process_trains_unsharded(capsys):
     sharded = endtoend.fit(mlp(), separable(), epochs=1, audit="off", progress=False, shard=True)
     assert sharded.weights_sha256 == plain.weights_sha256
     assert "nothing to shard over" in capsys.readouterr().err
+
+
+def test_e2e_train_nproc_2_reports_the_metrics_of_the_model_it_saved(tmp_path):
+    # digits has batch-norm: each rank's last step leaves it its own statistics, so the ranks
+    # evaluate with rank 0's (the saved model's); its metrics are the saved model's own
+    from endtoend.recipes import get_recipe
+    from endtoend.recipes.run import end_to_end_model, recipe_data
+    from endtoend.train.evaluate import evaluate
+    from endtoend.train.metrics import resolve_metrics
+
+    done = subprocess.run([sys.executable, "-m", "endtoend.cli", "train", "digits", "--small", "--nproc", "2",
+                           "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
+    recipe = get_recipe("digits")
+    build, settings = end_to_end_model(recipe, True, None)
+    model = build()
+    model.load_state_dict(weights(tmp_path))
+    inputs, targets = recipe_data(recipe, True, {}).val
+    alone = evaluate(model, [(inputs, targets)], torch.nn.functional.cross_entropy, resolve_metrics(["accuracy"]))
+    reported = json.loads((tmp_path / "summary.json").read_text())["metrics"]
+    assert reported["val_accuracy"] == pytest.approx(alone["accuracy"], abs=1e-9)
+    assert reported["val_loss"] == pytest.approx(alone["loss"], abs=1e-5)

@@ -10,8 +10,9 @@ semantics of one process:
 - only rank 0 writes the run directory and checkpoints; every rank reads a checkpoint on resume;
 - the non-finite guard decides on all ranks at once (one all-reduce of a flag), so no rank
   skips or rolls back alone;
-- every rank evaluates the whole split (its weights are the same as rank 0's), so any metric,
-  even a user's corpus metric that cannot be summed across ranks, is exact without a reduction.
+- evaluation is split: each rank runs the model on its rows of every batch and the outputs
+  are all-gathered back (train/evaluate.py), so any metric, even a user's corpus metric that
+  cannot be summed across ranks, sees the whole split, as in one process.
 
 Nothing here is a plugin: the loop calls these functions on visible lines.
 """
@@ -99,6 +100,55 @@ def share(batch: Any, rank: int, size: int) -> Any:
         return type(batch)(share(value, rank, size) for value in batch)
     raise UsageError(f"cannot split a batch of {type(batch).__name__} among processes; yield tensors "
                      "(or tuples, lists, dicts of them)")
+
+
+def rows_of(batch: Any, rank: int, size: int) -> Any:
+    """This rank's rows[rank::size] of an evaluation batch, whatever its length (the last
+    batch of a split rarely divides); tensors, and tuples, lists, dicts of them."""
+    if isinstance(batch, torch.Tensor):
+        return batch[rank::size]
+    if isinstance(batch, Mapping):
+        return type(batch)({key: rows_of(value, rank, size) for key, value in batch.items()})
+    return type(batch)(rows_of(value, rank, size) for value in batch)
+
+
+def splittable(batch: Any, size: int) -> bool:
+    """Whether a batch can be split by rows for evaluation: tensors (or tuples, lists, dicts
+    of them) whose rows are at least one per rank. Anything else is evaluated whole on every rank."""
+    if isinstance(batch, torch.Tensor):
+        return batch.dim() > 0 and batch.shape[0] >= size
+    if isinstance(batch, Mapping):
+        return bool(batch) and all(splittable(value, size) for value in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return bool(batch) and all(splittable(value, size) for value in batch)
+    return False
+
+
+def join_rows(part: Any, total: int, size: int) -> Any:
+    """The inverse of `rows_of` on every rank: the whole batch of `total` rows from each rank's
+    rows (all-gathered, padded to the longest share, put back in their interleaved order)."""
+    if isinstance(part, Mapping):
+        return type(part)({key: join_rows(value, total, size) for key, value in part.items()})
+    if isinstance(part, (list, tuple)):
+        return type(part)(join_rows(value, total, size) for value in part)
+    longest = -(-total // size)
+    padded = torch.cat([part, part.new_zeros((longest - part.shape[0], *part.shape[1:]))]) if part.shape[0] < longest else part
+    shares = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(shares, padded.contiguous())
+    whole = part.new_empty((total, *part.shape[1:]))
+    for rank, share in enumerate(shares):
+        whole[rank::size] = share[:len(range(rank, total, size))]
+    return whole
+
+
+def same_buffers(network: nn.Module, size: int) -> None:
+    """Rank 0's buffers (batch-norm statistics) on every rank. Each rank's last training
+    forward updated its own from its own rows; evaluation, which joins the ranks' outputs,
+    must use one model's, the one rank 0 saves."""
+    if size == 1:
+        return
+    for buffer in network.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def any_rank(flag: bool, device: torch.device, size: int) -> bool:

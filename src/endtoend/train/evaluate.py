@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from endtoend.errors import UsageError
+from endtoend.train import distributed
 from endtoend.train.metrics import HIGHER_IS_BETTER, METRICS, batch_size_of, on_device, resolve_metrics
 
 # HIGHER_IS_BETTER, METRICS and resolve_metrics live in train/metrics.py; kept importable from here.
@@ -49,18 +50,24 @@ def eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, Any]) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, Any], *,
+             rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """The loss (a mean over rows, weighted by batch size) and every metric over the whole of
     `batches`: each accumulator is reset, updated per batch and computed once (train/metrics.py),
-    so a corpus metric is its value over the split, not a mean of batch values. One device sync."""
+    so a corpus metric is its value over the split, not a mean of batch values. One device sync.
+
+    Under several processes every rank iterates the same batches and runs the model on its
+    rows of each; the outputs are all-gathered back into the whole batch, so the loss and
+    every metric (a corpus metric too) see exactly what one process would."""
     live = dict(metrics)
     for accumulator in live.values():
         accumulator.reset()
     loss_total, count = None, 0
     try:
         with eval_mode(model):
+            split = world_size > 1
             for inputs, targets in batches:
-                outputs = model(inputs)
+                outputs, split = _forward(model, inputs, rank, world_size, split)
                 if loss_total is None:
                     live = {name: on_device(acc, outputs, targets) for name, acc in metrics.items()}
                 n = batch_size_of(targets)
@@ -78,3 +85,43 @@ def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str
         for accumulator in live.values():  # no state outlives the evaluation
             accumulator.reset()
     return dict(zip(["loss", *metrics], row))
+
+
+def _forward(model: torch.nn.Module, inputs: Any, rank: int, world_size: int, split: bool) -> tuple[Any, bool]:
+    """The model's outputs on the whole batch, and whether to keep splitting batches. Split:
+    each rank runs its rows and the outputs are all-gathered. When the outputs cannot be
+    joined (a time-first (T, N, C) CTC output, a scalar, a padded time axis that follows each
+    share's longest item), every rank runs the whole batch, and the rest of the split too:
+    decided on all ranks together, so a sharded model's collective forwards stay in step."""
+    if not split or not distributed.splittable(inputs, world_size):
+        return model(inputs), split
+    mine = distributed.rows_of(inputs, rank, world_size)
+    outputs = model(mine)
+    shapes = distributed.gather(_shapes(outputs) if _rows_first(outputs, _rows(mine)) else None, world_size)
+    if shapes[0] is None or any(other != shapes[0] for other in shapes[1:]):
+        return model(inputs), False
+    return distributed.join_rows(outputs, _rows(inputs), world_size), True
+
+
+def _rows(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    return _rows(next(iter(batch.values() if isinstance(batch, dict) else batch)))
+
+
+def _rows_first(outputs: Any, rows: int) -> bool:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.dim() > 0 and outputs.shape[0] == rows
+    if isinstance(outputs, dict):
+        return bool(outputs) and all(_rows_first(value, rows) for value in outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return bool(outputs) and all(_rows_first(value, rows) for value in outputs)
+    return False
+
+
+def _shapes(outputs: Any) -> list[tuple[Any, ...]]:
+    """Each output tensor's dimensions after the rows, and its dtype."""
+    if isinstance(outputs, torch.Tensor):
+        return [(tuple(outputs.shape[1:]), str(outputs.dtype))]
+    values = outputs.values() if isinstance(outputs, dict) else outputs
+    return [shape for value in values for shape in _shapes(value)]

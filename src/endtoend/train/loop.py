@@ -287,7 +287,8 @@ def fit(
             record = {"epoch": state.epoch + 1, "step": state.step,
                       "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1)}
             if val_data is not None:
-                for name, value in _evaluate(network, averaged, objective, val_data, batch_size, dev, loss_fn, metric_fns).items():
+                for name, value in _evaluate(network, averaged, objective, val_data, batch_size, dev, loss_fn, metric_fns,
+                                                 rank, world_size).items():
                     record[f"val_{name}"] = value
                     writer.log(state.step, state.epoch, "val", name, value)
             state.history.append(record)
@@ -313,7 +314,8 @@ def fit(
     else:
         metrics = {"train_loss": state.history[-1]["train_loss"]} if state.history else {}
         for split, data in (("val", val_data), ("test", test_data)):
-            for name, value in (_evaluate(network, None, objective, data, batch_size, dev, loss_fn, metric_fns).items()
+            for name, value in (_evaluate(network, None, objective, data, batch_size, dev, loss_fn, metric_fns, rank,
+                                                     world_size).items()
                                 if data is not None else ()):
                 metrics[f"{split}_{name}"] = value
                 writer.log(state.step, state.epoch, split, f"final_{name}", value)
@@ -348,11 +350,12 @@ def _model_weights(network_state, with_transforms):
     return {name[len("model."):]: value for name, value in network_state.items() if name.startswith("model.")}
 
 
-def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metric_fns) -> dict[str, float]:
+def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metric_fns, rank, world_size):
     batches = eval_batches(data, batch_size * 4, dev)
     # An Objective evaluates in eval mode: GradNorm's balancing needs gradients, eval has none.
     with eval_mode(objective), (averaged.swapped(network) if averaged is not None else contextlib.nullcontext()):
-        return evaluate(network, batches, loss_fn, metric_fns)
+        distributed.same_buffers(network, world_size)  # every rank computes part of each batch
+        return evaluate(network, batches, loss_fn, metric_fns, rank=rank, world_size=world_size)
 
 
 def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,
