@@ -151,6 +151,15 @@ def same_buffers(network: nn.Module, size: int) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def mean_over_ranks(value: torch.Tensor, size: int) -> torch.Tensor:
+    """`value` averaged over the ranks (a new tensor; `value` itself without several processes)."""
+    if size == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / size
+
+
 def any_rank(flag: bool, device: torch.device, size: int) -> bool:
     """True on every rank when `flag` is True on any rank."""
     if size == 1:

@@ -275,9 +275,11 @@ def fit(
                 recent_losses.append(loss_value.detach())
                 # Reading the loss is a device sync: do it only when someone looks (logs, the bar)
                 # and at the end of the epoch, so a GPU's queue is not drained every few steps.
-                if ((writer.enabled or bar.enabled) and state.step % log_every == 0) or state.batch_in_epoch == per_epoch:
+                # Several processes log at the same steps: the loss is averaged over the ranks.
+                if (((writer.enabled or bar.enabled or world_size > 1) and state.step % log_every == 0)
+                        or state.batch_in_epoch == per_epoch):
                     _log_train(state, recent_losses, writer, bar, epochs, lr=peak_lrs[0] * factor, objective=objective,
-                               pre_clip_norm=pre_clip_norm if clip.enabled else None)
+                               pre_clip_norm=pre_clip_norm if clip.enabled else None, world_size=world_size)
                 if checkpoint_every and state.step % checkpoint_every == 0 and state.batch_in_epoch < per_epoch:
                     keeper.save(state, seconds_before + time.time() - started, monitor)
             if rolled_back:
@@ -411,11 +413,12 @@ def _first_rows(data, dev):
     return first
 
 
-def _log_train(state, recent_losses, writer, bar, epochs, *, lr, objective, pre_clip_norm) -> None:
-    """Log the mean loss of the steps since the last log (one device sync), the lr, the
-    pre-clip gradient norm and an Objective's terms and weights; update the bar."""
+def _log_train(state, recent_losses, writer, bar, epochs, *, lr, objective, pre_clip_norm, world_size) -> None:
+    """Log the mean loss of the steps since the last log (one device sync; several processes:
+    the mean over the ranks' equal shares, the one-process loss), the lr, the pre-clip
+    gradient norm and an Objective's terms and weights; update the bar."""
     count = len(recent_losses)
-    mean_loss = torch.stack(recent_losses).double().sum().item() / count
+    mean_loss = distributed.mean_over_ranks(torch.stack(recent_losses).double().sum(), world_size).item() / count
     state.epoch_loss_sum += mean_loss * count
     state.epoch_loss_count += count
     recent_losses.clear()
