@@ -86,42 +86,37 @@ def wrap(network: nn.Module, device: torch.device, size: int) -> nn.Module:
 def share(batch: Any, rank: int, size: int) -> Any:
     """This rank's rows of a global batch from a DataLoader: every rank's loader yields the same
     batches (its shuffle comes from the shared seed), so rows[rank::size] of each is exact."""
-    if size == 1:
-        return batch
+    return batch if size == 1 else rows_of(batch, rank, size, equal=True)
+
+
+def rows_of(batch: Any, rank: int, size: int, *, equal: bool = False) -> Any:
+    """This rank's rows[rank::size] of a batch: tensors, and tuples, lists, dicts of them.
+    `equal` (training) refuses a batch whose rows do not divide among the ranks; evaluation
+    takes any length (the last batch of a split rarely divides)."""
     if isinstance(batch, torch.Tensor):
-        if batch.dim() == 0 or batch.shape[0] % size:
+        if equal and (batch.dim() == 0 or batch.shape[0] % size):
             raise UsageError(f"a batch of {batch.shape[0] if batch.dim() else 'no'} rows does not divide among "
                              f"{size} processes; give the DataLoader a batch_size that is a multiple of {size} "
                              "and drop_last=True")
         return batch[rank::size]
     if isinstance(batch, Mapping):
-        return type(batch)({key: share(value, rank, size) for key, value in batch.items()})
+        return type(batch)({key: rows_of(value, rank, size, equal=equal) for key, value in batch.items()})
     if isinstance(batch, (list, tuple)):
-        return type(batch)(share(value, rank, size) for value in batch)
+        return type(batch)(rows_of(value, rank, size, equal=equal) for value in batch)
     raise UsageError(f"cannot split a batch of {type(batch).__name__} among processes; yield tensors "
                      "(or tuples, lists, dicts of them)")
 
 
-def rows_of(batch: Any, rank: int, size: int) -> Any:
-    """This rank's rows[rank::size] of an evaluation batch, whatever its length (the last
-    batch of a split rarely divides); tensors, and tuples, lists, dicts of them."""
+def tensors_in(batch: Any) -> list[torch.Tensor] | None:
+    """Every tensor of a batch or a model's outputs (a tensor, or tuples, lists, dicts of them),
+    in order; None when anything else is in it, or nothing is."""
     if isinstance(batch, torch.Tensor):
-        return batch[rank::size]
-    if isinstance(batch, Mapping):
-        return type(batch)({key: rows_of(value, rank, size) for key, value in batch.items()})
-    return type(batch)(rows_of(value, rank, size) for value in batch)
-
-
-def splittable(batch: Any, size: int) -> bool:
-    """Whether a batch can be split by rows for evaluation: tensors (or tuples, lists, dicts
-    of them) whose rows are at least one per rank. Anything else is evaluated whole on every rank."""
-    if isinstance(batch, torch.Tensor):
-        return batch.dim() > 0 and batch.shape[0] >= size
-    if isinstance(batch, Mapping):
-        return bool(batch) and all(splittable(value, size) for value in batch.values())
-    if isinstance(batch, (list, tuple)):
-        return bool(batch) and all(splittable(value, size) for value in batch)
-    return False
+        return [batch]
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else None
+    found = [tensors_in(value) for value in values] if values is not None else []
+    if not found or any(part is None for part in found):
+        return None
+    return [tensor for part in found for tensor in part]
 
 
 def join_rows(part: Any, total: int, size: int) -> Any:
@@ -186,6 +181,13 @@ def gather(value: Any, size: int) -> list[Any]:
     values: list[Any] = [None] * size
     dist.all_gather_object(values, value)
     return values
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a decision only rank 0 can make, on what only it holds)."""
+    values = [value]
+    dist.broadcast_object_list(values, src=0)
+    return values[0]
 
 
 def barrier(size: int) -> None:

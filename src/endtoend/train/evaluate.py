@@ -93,35 +93,18 @@ def _forward(model: torch.nn.Module, inputs: Any, rank: int, world_size: int, sp
     joined (a time-first (T, N, C) CTC output, a scalar, a padded time axis that follows each
     share's longest item), every rank runs the whole batch, and the rest of the split too:
     decided on all ranks together, so a sharded model's collective forwards stay in step."""
-    if not split or not distributed.splittable(inputs, world_size):
+    leaves = distributed.tensors_in(inputs) if split else None
+    if not leaves or not all(t.dim() > 0 and t.shape[0] >= world_size for t in leaves):
         return model(inputs), split
     mine = distributed.rows_of(inputs, rank, world_size)
     outputs = model(mine)
-    shapes = distributed.gather(_shapes(outputs) if _rows_first(outputs, _rows(mine)) else None, world_size)
+    rows = len(range(rank, leaves[0].shape[0], world_size))
+    # Joinable when on every rank each output tensor has this rank's rows first and the same
+    # other dimensions and dtype.
+    produced = distributed.tensors_in(outputs)
+    joinable = produced and all(t.dim() > 0 and t.shape[0] == rows for t in produced)
+    shapes = distributed.gather([(tuple(t.shape[1:]), str(t.dtype)) for t in produced] if joinable else None,
+                                world_size)
     if shapes[0] is None or any(other != shapes[0] for other in shapes[1:]):
         return model(inputs), False
-    return distributed.join_rows(outputs, _rows(inputs), world_size), True
-
-
-def _rows(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    return _rows(next(iter(batch.values() if isinstance(batch, dict) else batch)))
-
-
-def _rows_first(outputs: Any, rows: int) -> bool:
-    if isinstance(outputs, torch.Tensor):
-        return outputs.dim() > 0 and outputs.shape[0] == rows
-    if isinstance(outputs, dict):
-        return bool(outputs) and all(_rows_first(value, rows) for value in outputs.values())
-    if isinstance(outputs, (list, tuple)):
-        return bool(outputs) and all(_rows_first(value, rows) for value in outputs)
-    return False
-
-
-def _shapes(outputs: Any) -> list[tuple[Any, ...]]:
-    """Each output tensor's dimensions after the rows, and its dtype."""
-    if isinstance(outputs, torch.Tensor):
-        return [(tuple(outputs.shape[1:]), str(outputs.dtype))]
-    values = outputs.values() if isinstance(outputs, dict) else outputs
-    return [shape for value in values for shape in _shapes(value)]
+    return distributed.join_rows(outputs, leaves[0].shape[0], world_size), True

@@ -323,7 +323,7 @@ def fit(
                 writer.log(state.step, state.epoch, split, f"final_{name}", value)
         seconds = seconds_before + time.time() - started
     final = keeper.model_state()  # sharded: the full weights on rank 0 only
-    digest = sharding.share_from_rank0(weights_sha256(final) if is_main else None) if sharded else weights_sha256(final)
+    digest = distributed.from_rank0(weights_sha256(final) if is_main else None) if sharded else weights_sha256(final)
     run = Run(model=model, metrics=metrics, history=state.history, folder=folder,
               weights_sha256=digest, seconds=seconds, steps=state.step,
               skipped_steps=state.skipped_steps, rollbacks=state.rollbacks, stopped_early=stopped_early,

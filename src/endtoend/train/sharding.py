@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from endtoend.train import distributed
+
 _FULL = dict(full_state_dict=True, cpu_offload=True)           # gathered into rank 0's host memory
 _FROM_RANK0 = dict(full_state_dict=True, broadcast_from_rank0=True)  # rank 0's copy sent to every rank
 
@@ -103,7 +105,7 @@ def load_optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer, s
     # No step taken yet (rank 0 decides; its copy is the full one): every rank then holds the
     # same plain state_dict of groups alone, loaded as is; the full-state call would first
     # create the state by a step on zero gradients.
-    if share_from_rank0(not state["state"]):
+    if distributed.from_rank0(not state["state"]):
         optimizer.load_state_dict(state)
         return
     by_name: dict[str, Any] = {}
@@ -113,13 +115,6 @@ def load_optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer, s
                    "param_groups": [dict(group, params=[names[i] for i in group["params"]])
                                     for group in state["param_groups"]]}
     set_optimizer_state_dict(network, optimizer, by_name, options=StateDictOptions(**_FROM_RANK0))
-
-
-def share_from_rank0(value: Any) -> Any:
-    """Rank 0's `value` on every rank (a decision only rank 0 can make, on its full copy)."""
-    values = [value]
-    dist.broadcast_object_list(values, src=0)
-    return values[0]
 
 
 def _names_in_order(network: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

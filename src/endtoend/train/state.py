@@ -160,7 +160,7 @@ class Checkpointer:
         bad = first_non_finite({"model": model, "optimizer": optimizer["state"],
                                 "ema": self.averaged.state_dict() if self.averaged is not None else {}})
         if self.sharded:  # only rank 0 holds the full state: its answer is every rank's
-            bad = sharding.share_from_rank0(bad)
+            bad = distributed.from_rank0(bad)
         if bad is not None:
             self.warn(f"not writing a checkpoint at step {state.step}: {bad} holds NaN/Inf")
             return False
