@@ -52,7 +52,7 @@ from torch import nn
 import endtoend
 from endtoend import Progressive
 from endtoend.train.memory import checkpoint_blocks
-from endtoend.train.stability import all_finite, clip_gradients
+from endtoend.train.stability import all_finite, clip_gradients, first_non_finite
 
 
 # --- machine facts -------------------------------------------------------------------------
@@ -374,8 +374,13 @@ def check_costs(dev: torch.device, repeats: int) -> list[list]:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         params = list(model.parameters())
+        optimizer = torch.optim.AdamW(params)
+        optimizer.step()
+        # what every checkpoint and the guard's rollback point (each epoch end) scan
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]}
         for name, call in (("all_finite (guard)", lambda: all_finite(loss, params)),
-                           ("clip_gradients(max_norm=1e9)", lambda: clip_gradients(params, max_norm=1e9))):
+                           ("clip_gradients(max_norm=1e9)", lambda: clip_gradients(params, max_norm=1e9)),
+                           ("first_non_finite(model + AdamW state)", lambda: first_non_finite(state))):
             call()
             times = []
             for _ in range(200 * repeats):

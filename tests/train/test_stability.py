@@ -109,6 +109,19 @@ def test_first_non_finite_names_the_bad_tensor():
     assert first_non_finite(optimizer_like) == "state.0.exp_avg"
 
 
+def test_first_non_finite_leaves_every_tensor_bit_identical_across_dtypes():
+    # the fused check multiplies in place by 1.0: values, even tiny float16 ones, must not move
+    state = {"a": torch.tensor([6e-8, -0.0, 65504.0], dtype=torch.float16),
+             "b": torch.randn(5, dtype=torch.bfloat16), "c": torch.randn(4, dtype=torch.float64),
+             "n": torch.arange(3)}
+    before = {k: v.clone() for k, v in state.items()}
+    assert first_non_finite(state) is None
+    assert all(torch.equal(state[k], before[k]) and state[k].dtype == before[k].dtype for k in state)
+    assert torch.signbit(state["a"][1])
+    state["c"][2] = float("inf")
+    assert first_non_finite(state) == "c"
+
+
 def test_orthogonal_init_gives_orthonormal_rows():
     layer = init_weights(nn.Linear(64, 16), scheme="orthogonal")
     assert torch.allclose(layer.weight @ layer.weight.T, torch.eye(16), atol=1e-5)
