@@ -11,7 +11,8 @@ recognisers once (seed 0, the full training split) and scores them on the same f
     python benchmarks/other_voices.py RUN [RUN ...] [--per-voice 12] [--seed 5] [--staged]
 
 RUN: a finished `e2e train speech` folder or `e2e compare speech`'s OUT/end-to-end/seed-S.
-Writes other_voices.json beside the first RUN: WER per voice and pipeline.
+Writes other_voices.json beside the first RUN: WER per voice and pipeline, and the counts of
+substituted, deleted and inserted words.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def wer_by_voice(hypotheses: list[str], items: list[tuple[str, Path, str]]) -> d
     for voice in (*VOICES, "all"):
         chosen = [(h, text) for h, (v, _, text) in zip(hypotheses, items) if voice in (v, "all")]
         out[voice] = jiwer.wer([t for _, t in chosen], [h or "<nothing>" for h, _ in chosen])
+    measure = jiwer.process_words([text for _, _, text in items], [h or "<nothing>" for h in hypotheses])
+    out["substitutions / deletions / insertions"] = [measure.substitutions, measure.deletions, measure.insertions]
     return out
 
 
@@ -91,7 +94,8 @@ def main() -> None:
             results[name] = wer_by_voice(hypotheses, items)
     print(f"{'pipeline':60s} " + " ".join(f"{v:>6s}" for v in (*VOICES, "all")))
     for name, scores in results.items():
-        print(f"{name[:60]:60s} " + " ".join(f"{scores[v]:6.3f}" for v in (*VOICES, "all")))
+        print(f"{name[:60]:60s} " + " ".join(f"{scores[v]:6.3f}" for v in (*VOICES, "all"))
+              + "   sub/del/ins " + "/".join(map(str, scores["substitutions / deletions / insertions"])))
     out = args.runs[0] / "other_voices.json"
     out.write_text(json.dumps({"voices": VOICES, "per_voice": args.per_voice, "seed": args.seed,
                                "wer": results}, indent=2) + "\n")
