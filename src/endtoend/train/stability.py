@@ -161,8 +161,13 @@ def _any_non_finite(tensors: list[Tensor]) -> bool:
             torch._amp_foreach_non_finite_check_and_unscale_(group, flags[-1], _one(device))
         found = flags[0] if len(flags) == 1 else sum(flag.to(flags[0].device) for flag in flags)
     except (RuntimeError, NotImplementedError):  # sparse, complex or exotic tensors: the plain way
-        found = torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).logical_not()
+        found = _finite_each(tensors).logical_not()
     return bool(found.any().item())
+
+
+def _finite_each(tensors: list[Tensor]) -> Tensor:
+    """(len(tensors),) bool on the first tensor's device: whether each holds no NaN/Inf."""
+    return torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors])
 
 
 _ONES: dict[torch.device, Tensor] = {}
@@ -192,15 +197,14 @@ def first_non_finite(state_dict: Mapping[str, object]) -> str | None:
     Used to refuse writing a non-finite checkpoint. Note the polarity: the result is truthy
     on *failure*, so test `is not None`. Nested dicts/lists (an optimizer's state_dict) are
     walked and named with dots ("state.0.exp_avg"); integer tensors and non-tensors are
-    skipped. One device sync.
+    skipped. One device sync when all are finite (a second names the bad one).
     """
     named = [(n, t) for n, t in _named_tensors(state_dict) if t.is_floating_point() or t.is_complex()]
     if not named:
         return None
     if not _any_non_finite([t for _, t in named]):  # the usual answer, in one fused check
         return None
-    device = named[0][1].device
-    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in named]).tolist()
+    finite = _finite_each([t for _, t in named]).tolist()  # which one, to name it
     return next((name for (name, _), ok in zip(named, finite) if not ok), None)
 
 
