@@ -5,13 +5,14 @@ MODE plain:    an MLP without dropout or batch-norm; the weights must match one 
 MODE killable: dropout and a random transform, a slow forward and checkpoints every 3 steps,
                so a test can kill every process mid-epoch and resume them.
 MODE raise:    rank 1 raises at its third step; the others must stop with an error, not hang.
-MODE loader:   plain, from a shuffling DataLoader.
+MODE loader:   plain, from a shuffling DataLoader; each rank writes the rows it loaded.
 MODE nan:      plain, but the forward returns NaN at training calls 10-12 (on rank 1 only under
                several processes): three skipped steps, then a rollback to step 8.
 Flags: "shard" adds fit(shard=True) (FSDP) to any mode; "adamw" trains with AdamW (lr 0.01)
 instead of SGD (lr 0.1), so the optimizer has state to checkpoint and restore.
 """
 
+import json
 import os
 import sys
 import time
@@ -26,6 +27,20 @@ import endtoend
 class Jitter(nn.Module):
     def forward(self, x):
         return x + 0.05 * torch.randn_like(x) if self.training else x
+
+
+class Recorded(torch.utils.data.Dataset):
+    """Rows that remember which of them were loaded."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.loaded = x, y, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.loaded.append(int(i))
+        return self.x[i], self.y[i]
 
 
 class Net(nn.Module):
@@ -56,13 +71,15 @@ def main(out, mode, flags):
     torch.manual_seed(7)
     train = (x[:256], y[:256])
     if mode == "loader":
-        train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=32, shuffle=True)
+        train = torch.utils.data.DataLoader(Recorded(*train), batch_size=32, shuffle=True)
     net = Net(mode)
     run = endtoend.fit(net, train, val=(x[256:], y[256:]), metrics=["accuracy"], epochs=3, batch_size=32,
                        out=out, resume="resume" in flags, checkpoint_every=3 if mode == "killable" else None,
                        transforms=Jitter() if mode == "killable" else None, progress=False, seed=5, audit="off",
                        optimizer="adamw" if "adamw" in flags else "sgd", lr=0.01 if "adamw" in flags else 0.1,
                        shard="shard" in flags, layer_norms_every=8)
+    if mode == "loader":
+        (Path(out) / f"loaded-{os.environ.get('RANK', '0')}.json").write_text(json.dumps(train.dataset.loaded))
     # One line from rank 0 in one write: both ranks printing let their writes interleave
     # ("hash" + the other rank's line + " accuracy"), which read as a wrong result.
     if os.environ.get("RANK", "0") == "0":

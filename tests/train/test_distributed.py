@@ -105,6 +105,25 @@ def test_two_processes_from_a_dataloader_match_one(tmp_path):
     alone, both = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in alone:
         assert torch.allclose(alone[name], both[name], atol=1e-4), name
+    # Each rank loaded only its own half of every global batch, and together they loaded
+    # exactly the rows one process loaded (3 epochs of 256 and the first batch's check).
+    one = json.loads((tmp_path / "one" / "loaded-0.json").read_text())
+    ranks = [json.loads((tmp_path / "two" / f"loaded-{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(one) == 3 * 256 + 32 and [len(rows) for rows in ranks] == [len(one) // 2] * 2
+    assert sorted(ranks[0] + ranks[1]) == sorted(one)
+    assert ranks[0][:16] == one[:32:2] and ranks[1][:16] == one[1:32:2]  # rows[rank::2] of each batch
+
+
+def test_a_rank_loader_refuses_a_last_batch_that_does_not_divide_before_training():
+    data = torch.utils.data.TensorDataset(torch.zeros(33, 2), torch.zeros(33))
+    with pytest.raises(UsageError, match="a batch of 1 rows does not divide among 2 processes"):
+        distributed.rank_loader(torch.utils.data.DataLoader(data, batch_size=8), rank=0, size=2)
+    kept = torch.utils.data.DataLoader(data, batch_size=8, drop_last=True, num_workers=1)
+    mine = distributed.rank_loader(kept, rank=1, size=2)
+    assert distributed.is_rank_loader(mine) and len(mine) == 4 and mine.num_workers == 1
+    assert [len(inputs) for inputs, _ in mine] == [4] * 4
+    iterable = [(torch.zeros(4, 2), torch.zeros(4))]
+    assert distributed.rank_loader(iterable, rank=0, size=2) is iterable  # split after reading instead
 
 
 def test_only_rank_0_writes(two):

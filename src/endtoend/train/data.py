@@ -144,7 +144,8 @@ def train_batches(
     for index, batch in enumerate(data):
         if index < start:
             continue
-        yield move_batch(distributed.share(batch, rank, world_size), device)
+        mine = batch if distributed.is_rank_loader(data) else distributed.share(batch, rank, world_size)
+        yield move_batch(mine, device)
 
 
 def move_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:

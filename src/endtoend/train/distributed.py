@@ -83,10 +83,63 @@ def wrap(network: nn.Module, device: torch.device, size: int) -> nn.Module:
     return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+class RankRows(torch.utils.data.Sampler):
+    """A batch sampler that yields this rank's indices[rank::size] of each global batch the
+    user's batch sampler draws: a DistributedSampler for global batches. Every rank draws the
+    same global batches (the shuffle comes from the shared seed, through the same RNG calls a
+    one-process loader makes), so the ranks' shares together are the one-process batch, and
+    each rank loads only its own rows."""
+
+    def __init__(self, batches: Any, rank: int, size: int) -> None:
+        self.batches, self.rank, self.size = batches, rank, size
+
+    def __iter__(self):
+        for indices in self.batches:
+            indices = list(indices)
+            if len(indices) % self.size:
+                raise UsageError(_undivided(len(indices), self.size))
+            yield indices[self.rank::self.size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _undivided(rows: int | str, size: int) -> str:
+    return (f"a batch of {rows} rows does not divide among {size} processes; give the DataLoader a "
+            f"batch_size that is a multiple of {size} and drop_last=True")
+
+
+def rank_loader(data: Any, rank: int, size: int) -> Any:
+    """The training DataLoader this rank iterates: the user's, rebuilt around `RankRows` so the
+    rank reads only its share of every global batch. Anything else (an iterable-style dataset,
+    a DataLoader subclass, a plain iterable of batches) is returned as it is, and `share` splits
+    each batch after every rank has read it whole."""
+    if size == 1 or type(data) is not torch.utils.data.DataLoader or data.batch_sampler is None:
+        return data
+    if isinstance(data.dataset, torch.utils.data.IterableDataset):
+        return data
+    batches = data.batch_sampler
+    if isinstance(batches, torch.utils.data.BatchSampler):  # say it before training, not at the last batch
+        last = 0 if batches.drop_last else len(batches.sampler) % batches.batch_size
+        for rows in {batches.batch_size, last} - {0}:
+            if rows % size:
+                raise UsageError(_undivided(rows, size))
+    options = {name: getattr(data, name) for name in (
+        "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
+        "generator", "persistent_workers", "pin_memory_device", "in_order") if hasattr(data, name)}
+    if data.num_workers:
+        options["prefetch_factor"] = data.prefetch_factor
+    return torch.utils.data.DataLoader(data.dataset, batch_sampler=RankRows(batches, rank, size), **options)
+
+
 def share(batch: Any, rank: int, size: int) -> Any:
-    """This rank's rows of a global batch from a DataLoader: every rank's loader yields the same
-    batches (its shuffle comes from the shared seed), so rows[rank::size] of each is exact."""
+    """This rank's rows of a global batch from an iterable `rank_loader` could not rebuild:
+    every rank's iterable yields the same batches, so rows[rank::size] of each is exact."""
     return batch if size == 1 else rows_of(batch, rank, size, equal=True)
+
+
+def is_rank_loader(data: Any) -> bool:
+    return isinstance(getattr(data, "batch_sampler", None), RankRows)
 
 
 def rows_of(batch: Any, rank: int, size: int, *, equal: bool = False) -> Any:
@@ -95,9 +148,7 @@ def rows_of(batch: Any, rank: int, size: int, *, equal: bool = False) -> Any:
     takes any length (the last batch of a split rarely divides)."""
     if isinstance(batch, torch.Tensor):
         if equal and (batch.dim() == 0 or batch.shape[0] % size):
-            raise UsageError(f"a batch of {batch.shape[0] if batch.dim() else 'no'} rows does not divide among "
-                             f"{size} processes; give the DataLoader a batch_size that is a multiple of {size} "
-                             "and drop_last=True")
+            raise UsageError(_undivided(batch.shape[0] if batch.dim() else "no", size))
         return batch[rank::size]
     if isinstance(batch, Mapping):
         return type(batch)({key: rows_of(value, rank, size, equal=equal) for key, value in batch.items()})

@@ -140,6 +140,8 @@ def fit(
     if objective is not None:
         objective.to(dev)
     splits = check.prepare_splits({"train": train, "val": val, "test": test}, network, loss_fn, dev, bar.note)
+    # A DataLoader is rebuilt per rank, so each reads only its rows of every global batch.
+    splits["train"] = distributed.rank_loader(splits["train"], rank, world_size)
     train_data, val_data, test_data = splits["train"], splits["val"], splits["test"]
     if isinstance(train_data, TensorData) and len(train_data) < batch_size:
         distributed.check_batch(len(train_data), world_size)  # the batch is the whole (smaller) split
