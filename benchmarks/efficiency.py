@@ -54,8 +54,8 @@ def config(name: str, batch_size: int = 64) -> dict:
     settings = {**mnist5k.training(), "batch_size": batch_size}
     settings.pop("metrics")
     model = mnist5k.build_model
-    if name == "channels_last":
-        model = lambda: mnist5k.build_model().to(memory_format=torch.channels_last)  # noqa: E731
+    if name == "NCHW":
+        settings["channels_last"] = False  # fit's default on the CPU is channels_last
     if name == "fused AdamW":
         settings["optimizer"] = lambda parameters: torch.optim.AdamW(parameters, lr=3e-3, weight_decay=5e-4,
                                                                      fused=True)
@@ -83,8 +83,8 @@ def main() -> list[dict]:
     x, y = mnist5k.load_data().train
     if args.quick:
         x, y = x[:1024], y[:1024]
-    rows_wanted = [("baseline (the recipe: NCHW, AdamW foreach, batch 64)", "baseline", 64),
-                   ("channels_last", "channels_last", 64), ("fused AdamW", "fused AdamW", 64),
+    rows_wanted = [("baseline (the recipe: channels_last, AdamW foreach, batch 64)", "baseline", 64),
+                   ("NCHW (channels_last=False)", "NCHW", 64), ("fused AdamW", "fused AdamW", 64),
                    ("batch 256", "baseline", 256), ("no augmentation (what it costs)", "no augmentation", 64)]
     times: dict[str, list[float]] = {label: [] for label, _, _ in rows_wanted}
     for label, name, batch_size in rows_wanted:  # warm-up: one of each

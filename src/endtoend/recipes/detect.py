@@ -88,14 +88,15 @@ def build_model(small: bool = False) -> nn.Module:
 
 def training(small: bool = False) -> dict:
     return dict(loss=SetLoss(), metrics={"map50": MeanAP()}, epochs=2 if small else 12, batch_size=32, lr=1e-3,
-                weight_decay=1e-4, optimizer="adamw", schedule="one-cycle", clip=0.1, monitor="val_map50")
+                weight_decay=1e-4, optimizer="adamw", schedule="one-cycle", clip=0.1, monitor="val_map50",
+                channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
 
 
 def variants(small: bool = False) -> dict:
     """More end-to-end rows: {name: (model factory, fit settings)}."""
     settings = dict(loss=GridCriterion(), metrics={"map50": MeanAP()}, epochs=2 if small else 8, batch_size=32,
                     lr=2e-3, weight_decay=1e-4, optimizer="adamw", schedule="one-cycle", clip=1.0,
-                    monitor="val_map50")
+                    monitor="val_map50", channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
     return {YOLO: (lambda: GridDetector(width=16 if small else 64), settings)}
 
 

@@ -98,7 +98,8 @@ def build_model(small: bool = False) -> nn.Module:
 
 
 def training(small: bool = False) -> dict:
-    return dict(loss="mse", metrics=["mae"], epochs=1 if small else 6, batch_size=64, lr=2e-3, weight_decay=1e-4)
+    return dict(loss="mse", metrics=["mae"], epochs=1 if small else 6, batch_size=64, lr=2e-3, weight_decay=1e-4,
+                channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
 
 
 def variants(small: bool = False) -> dict:

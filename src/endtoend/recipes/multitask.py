@@ -174,7 +174,7 @@ def _optimisation(small: bool) -> dict:
     """What every network here trains with, single-task or not: segment's optimiser and
     schedule, over fewer steps (TRAIN's note)."""
     return dict(epochs=2 if small else 8, batch_size=32, lr=1e-2, weight_decay=1e-4, optimizer="adamw",
-                schedule="one-cycle")
+                schedule="one-cycle", channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
 
 
 def staged_pipelines(seed: int = 0, small: bool = False) -> dict:

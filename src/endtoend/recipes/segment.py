@@ -309,7 +309,8 @@ class MeanIoU:
 
 def training(small: bool = False) -> dict:
     return dict(loss=dice_cross_entropy, metrics={"miou": MeanIoU()}, epochs=2 if small else 16, batch_size=32,
-                lr=1e-2, weight_decay=1e-4, optimizer="adamw", schedule="one-cycle", monitor="val_miou")
+                lr=1e-2, weight_decay=1e-4, optimizer="adamw", schedule="one-cycle", monitor="val_miou",
+                channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
 
 
 def predict(model: nn.Module, inputs: torch.Tensor) -> np.ndarray:

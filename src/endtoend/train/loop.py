@@ -24,7 +24,7 @@ from torch import nn
 
 from endtoend.errors import UsageError
 from endtoend.objective import Objective
-from endtoend.train import distributed, flow, sharding
+from endtoend.train import distributed, flow, layout, sharding
 from endtoend.train import validate as check
 from endtoend.train.checkpoint import MODEL_FILE, weights_sha256, write_model_file
 from endtoend.train.data import TensorData, eval_batches, steps_per_epoch, train_batches
@@ -85,6 +85,7 @@ def fit(
     # stability (docs/stability.md)
     clip: float | Clipping | None = None, guard: bool | Guard = True, ema: float | None = None,
     precision: str = "auto", activation_checkpointing: bool = False, layer_norms_every: int | None = 50,
+    channels_last: bool | str = "auto",  # convolutions in NHWC on the CPU (train/layout.py)
     # training flow (docs/training-flow.md)
     monitor: str | None = None, early_stopping: int | None = None,
     curriculum: torch.Tensor | Curriculum | None = None, progressive: Progressive | None = None,
@@ -106,7 +107,8 @@ def fit(
                           log_every=log_every, layer_norms_every=layer_norms_every, early_stopping=early_stopping,
                           ema=ema, monitor=monitor, resume=resume, out=out, config=config, schedule=schedule,
                           audit=audit, precision=precision, splits={"train": train, "val": val, "test": test},
-                          progress=progress, activation_checkpointing=activation_checkpointing, shard=shard)
+                          progress=progress, activation_checkpointing=activation_checkpointing, shard=shard,
+                          channels_last=channels_last)
     clip, guard, curriculum, progressive = as_clipping(clip), as_guard(guard), as_curriculum(curriculum), as_progressive(progressive)
     if shard:
         check.check_shard(ema=ema, progressive=progressive, precision=precision, loss=loss,
@@ -168,7 +170,8 @@ def fit(
                       curriculum=(curriculum, difficulty), progressive=progressive),
         output_only=dict(epochs=epochs, device=str(dev), metrics=list(metric_fns), checkpoint_every=checkpoint_every,
                          log_every=log_every, layer_norms_every=layer_norms_every,
-                         activation_checkpointing=activation_checkpointing, world_size=world_size),
+                         activation_checkpointing=activation_checkpointing, world_size=world_size,
+                         channels_last=channels_last),
         with_data=folder is not None)  # every rank checks the data it resumes on
 
     # --- where to start: fresh, or the newest intact checkpoint -------------------------
@@ -185,9 +188,11 @@ def fit(
     complete = loaded is not None and (state.epoch >= epochs or stopped_early) and summary_path.exists()
 
     # --- check the data against the model (and audit it) before spending time on training -------
-    audit_report = _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank,
-                               world_size, audit=audit if loaded is None else "off", bar=bar,
-                               sizes=sorted(set((progressive.resolution or {}).values())))
+    audit_report, relaid = _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank,
+                                       world_size, audit=audit if loaded is None else "off", bar=bar,
+                                       sizes=sorted(set((progressive.resolution or {}).values())),
+                                       channels_last=not sharded and layout.wanted(channels_last, network, dev,
+                                                                                  world_size))
 
     # --- nothing failed: from here on the run directory is written -----------------------------
     if complete:
@@ -307,6 +312,8 @@ def fit(
         bar.stop()
         if activation_checkpointing:
             restore_blocks(model)  # leave the user's modules as they were
+        if relaid:
+            layout.restore(network)  # and in the memory layout they came in
 
     # --- final weights: the best ones (early stopping) or the EMA average ---------------------
     keeper.use_final_weights(stopped_early=stopped_early, best_step=state.best_step, device=dev)
@@ -363,11 +370,12 @@ def _evaluate(network, averaged, objective, data, batch_size, dev, loss_fn, metr
 
 
 def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, seed, dev, rank, world_size, audit, bar,
-                sizes):
+                sizes, channels_last):
     """A forward, loss and metrics on the first train batch (at each progressive input size
-    too) and two rows of val and test, then the audit of the first batch. Drawing the batch (a
+    too) and two rows of val and test, then the audit of the first batch, then the switch to
+    channels_last when wanted and the first batch runs the same in it. Drawing the batch (a
     DataLoader shuffles from the global RNG) and running the model must not shift any RNG
-    stream: the states are restored."""
+    stream: the states are restored. Returns (the audit report, whether the layout changed)."""
     rng_before_checks = capture_rng()
     first_inputs, first_targets = _first_batch(splits["train"], batch_size, seed, dev, rank, world_size)
     with eval_mode(objective):
@@ -380,8 +388,9 @@ def _check_data(splits, network, objective, loss_fn, metric_fns, batch_size, see
             check.check_fits(f"train (resized to {size}x{size})", network, loss_fn, metric_fns,
                              flow.resize_batch(first_inputs[:2], size), first_targets)
     report = _run_audit(network, first_inputs, first_targets, loss_fn, audit, bar) if audit != "off" else None
+    relaid = channels_last and layout.adopt(network, first_inputs, bar.note)
     restore_rng(rng_before_checks)
-    return report
+    return report, relaid
 
 
 def _epoch_batches(state, data, batch_size, seed, dev, rank, world_size, pool):

@@ -43,7 +43,7 @@ REAL_TARGET_LOSSES = {F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.b
 
 def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, seed, checkpoint_every, log_every,
                     layer_norms_every, early_stopping, ema, monitor, resume, out, config, schedule, audit, precision,
-                    splits, progress, activation_checkpointing, shard=False) -> None:
+                    splits, progress, activation_checkpointing, shard=False, channels_last="auto") -> None:
     """The plain values of fit's arguments: types, ranges and choices, before anything is built."""
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("audit", audit, AUDIT_MODES)
@@ -74,6 +74,8 @@ def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, 
                        ("shard", shard)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
+    if channels_last not in ("auto", True, False) or not isinstance(channels_last, (str, bool)):
+        raise UsageError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise UsageError(f"out must be a folder path (a str or pathlib.Path) or None, got {type(out).__name__}")
     if resume and out is None:
