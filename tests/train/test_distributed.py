@@ -124,6 +124,9 @@ def test_a_rank_loader_refuses_a_last_batch_that_does_not_divide_before_training
     assert [len(inputs) for inputs, _ in mine] == [4] * 4
     iterable = [(torch.zeros(4, 2), torch.zeros(4))]
     assert distributed.rank_loader(iterable, rank=0, size=2) is iterable  # split after reading instead
+    ported = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=0)  # from a hand-written DDP script
+    with pytest.raises(UsageError, match="has a DistributedSampler, but fit shares every global batch"):
+        distributed.rank_loader(torch.utils.data.DataLoader(data, batch_size=8, sampler=ported), rank=0, size=2)
 
 
 def test_only_rank_0_writes(two):

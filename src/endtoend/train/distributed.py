@@ -119,6 +119,10 @@ def rank_loader(data: Any, rank: int, size: int) -> Any:
     if isinstance(data.dataset, torch.utils.data.IterableDataset):
         return data
     batches = data.batch_sampler
+    if isinstance(getattr(batches, "sampler", None), torch.utils.data.DistributedSampler):
+        raise UsageError("the train DataLoader has a DistributedSampler, but fit shares every global batch among "
+                         "the processes itself; pass the DataLoader you would use in one process (shuffle=True, "
+                         "batch_size = the global batch)")
     if isinstance(batches, torch.utils.data.BatchSampler):  # say it before training, not at the last batch
         last = 0 if batches.drop_last else len(batches.sampler) % batches.batch_size
         for rows in {batches.batch_size, last} - {0}:
