@@ -112,3 +112,14 @@ def test_a_channels_last_run_resumes_bit_identical(tmp_path, monkeypatch):
             train(SmallCNN(), epochs=3, out=tmp_path / "cut", checkpoint_every=2)
     resumed = train(SmallCNN(), epochs=3, out=tmp_path / "cut", checkpoint_every=2, resume=True)
     assert resumed.weights_sha256 == whole.weights_sha256
+
+
+def test_a_forward_that_raises_without_a_message_is_named_by_its_type():
+    class Refuses(SmallCNN):
+        def forward(self, x):
+            if layout._channels_last(self.conv.weight):
+                raise NotImplementedError
+            return super().forward(x)
+    notes = []
+    assert not layout.adopt(Refuses(), images(4)[0], notes.append)
+    assert "its forward fails in channels_last (NotImplementedError: )" in notes[0]

@@ -27,9 +27,6 @@ from torch import nn
 
 from endtoend.train.distributed import tensors_in
 
-CHOICES = ("auto", True, False)
-
-
 def wanted(setting: Any, network: nn.Module, device: torch.device, world_size: int) -> bool:
     """Whether to try channels_last: `True`; or `"auto"` on the CPU, in one process, for a
     network with a 2-D convolution whose weights are not channels_last already."""
@@ -55,7 +52,8 @@ def adopt(network: nn.Module, inputs: Any, note: Callable[[str], None]) -> bool:
             try:
                 after = tensors_in(network(inputs))
             except Exception as error:  # noqa: BLE001 - any failure means: keep the user's layout
-                reason = f"its forward fails in channels_last ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+                first_line = (str(error).splitlines() or [""])[0][:120]
+                reason = f"its forward fails in channels_last ({type(error).__name__}: {first_line})"
             else:
                 reason = None if before is not None and after is not None and _agree(before, after) else \
                     "its outputs differ in channels_last"
