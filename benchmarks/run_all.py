@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["overhead.py", "audit_cost.py", "stability_costs.py", "scaling.py", "efficiency.py", "layout.py", "time_to_accuracy.py",
-              "cost_vs_work.py"]
+BENCHMARKS = ["overhead.py", "audit_cost.py", "stability_costs.py", "scaling.py", "efficiency.py", "layout.py",
+              "time_to_accuracy.py", "cost_vs_work.py"]
 
 if __name__ == "__main__":
     failed = []

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from endtoend.errors import UsageError
+from endtoend.train.evaluate import kept_modes  # noqa: F401 - the integrations import it from here
 
 MODES = ("warn", "error")
 
@@ -138,18 +139,6 @@ def _generators(holders) -> list[torch.Generator]:
             with contextlib.suppress(Exception):  # a property that raises is no holder
                 pending.append(getattr(obj, name, None))
     return found
-
-
-@contextlib.contextmanager
-def kept_modes(model: nn.Module) -> Iterator[None]:
-    """Put back every submodule's train/eval flag (the callbacks audit in train mode, as the
-    trainer's step runs; the audit itself restores the modes it found)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -144,7 +144,8 @@ class WordErrors:
 
 def training(small: bool = False) -> dict:
     return dict(loss=ctc_loss, metrics={"wer": WordErrors()}, epochs=2 if small else 7, batch_size=32,
-                lr=3e-3, weight_decay=0.01, monitor="val_wer", clip=5.0, channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
+                lr=3e-3, weight_decay=0.01, monitor="val_wer", clip=5.0,
+                channels_last=False)  # channels_last did not pay here (benchmarks/layout.py)
 
 
 def predict(model: nn.Module, inputs: torch.Tensor) -> list:

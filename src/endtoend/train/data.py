@@ -141,11 +141,11 @@ def train_batches(
                 rows = rows[rank::world_size]
             yield data.inputs[rows], data.targets[rows]
         return
+    shared = distributed.is_rank_loader(data)  # each rank loads its own rows already
     for index, batch in enumerate(data):
         if index < start:
             continue
-        mine = batch if distributed.is_rank_loader(data) else distributed.share(batch, rank, world_size)
-        yield move_batch(mine, device)
+        yield move_batch(batch if shared else distributed.share(batch, rank, world_size), device)
 
 
 def move_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:

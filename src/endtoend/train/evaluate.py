@@ -49,6 +49,18 @@ def eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
         module.train(was_training)
 
 
+@contextlib.contextmanager
+def kept_modes(model: torch.nn.Module) -> Iterator[None]:
+    """Put back every submodule's own train/eval flag after the block (a frozen BatchNorm in
+    eval mode inside a training model stays in eval mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, loss_fn: LossFn, metrics: dict[str, Any], *,
              rank: int = 0, world_size: int = 1) -> dict[str, float]:

@@ -3,10 +3,9 @@
 oneDNN's CPU convolutions run faster on channels_last (NHWC) weights: measured per training
 step, 1.24-1.36x on the recipes' classification CNNs, 0.90-1.06x on the others
 (benchmarks/layout.py, benchmarks/RESULTS.md "Memory layout"). `fit(channels_last="auto")`,
-the default, therefore trains a model with an
-`nn.Conv2d` in channels_last on the CPU, in one process; `True` asks for it anywhere (CUDA
-with mixed precision is where PyTorch's tuning guide expects it to pay; not measured here),
-`False` never.
+the default, therefore trains a model with an `nn.Conv2d` in channels_last on the CPU, in one
+process; `True` asks for it anywhere (CUDA with mixed precision is where PyTorch's tuning
+guide expects it to pay; not measured here), `False` never.
 
 Two promises keep the switch invisible:
 - a model whose forward cannot run channels_last (a `.view()` of a conv output, a custom op
@@ -26,6 +25,8 @@ import torch
 from torch import nn
 
 from endtoend.train.distributed import tensors_in
+from endtoend.train.evaluate import kept_modes
+
 
 def wanted(setting: Any, network: nn.Module, device: torch.device, world_size: int) -> bool:
     """Whether to try channels_last: `True`; or `"auto"` on the CPU, in one process, for a
@@ -43,23 +44,18 @@ def wanted(setting: Any, network: nn.Module, device: torch.device, world_size: i
 def adopt(network: nn.Module, inputs: Any, note: Callable[[str], None]) -> bool:
     """Convert `network` to channels_last when its eval-mode forward on `inputs` gives the same
     outputs in both layouts; else leave it as it is and say why. True when converted."""
-    modes = [(module, module.training) for module in network.modules()]
-    network.eval()
-    try:
-        with torch.no_grad():
-            before = tensors_in(network(inputs))
-            network.to(memory_format=torch.channels_last)
-            try:
-                after = tensors_in(network(inputs))
-            except Exception as error:  # noqa: BLE001 - any failure means: keep the user's layout
-                first_line = (str(error).splitlines() or [""])[0][:120]
-                reason = f"its forward fails in channels_last ({type(error).__name__}: {first_line})"
-            else:
-                reason = None if before is not None and after is not None and _agree(before, after) else \
-                    "its outputs differ in channels_last"
-    finally:
-        for module, training in modes:
-            module.training = training
+    with kept_modes(network), torch.no_grad():
+        network.eval()
+        before = tensors_in(network(inputs))
+        network.to(memory_format=torch.channels_last)
+        try:
+            after = tensors_in(network(inputs))
+        except Exception as error:  # noqa: BLE001 - any failure means: keep the user's layout
+            first_line = (str(error).splitlines() or [""])[0][:120]
+            reason = f"its forward fails in channels_last ({type(error).__name__}: {first_line})"
+        else:
+            agree = before is not None and after is not None and _agree(before, after)
+            reason = None if agree else "its outputs differ in channels_last"
     if reason is None:
         return True
     restore(network)

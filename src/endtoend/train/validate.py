@@ -74,7 +74,7 @@ def check_arguments(*, model, transforms, epochs, batch_size, lr, weight_decay, 
                        ("shard", shard)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
-    if channels_last not in ("auto", True, False) or not isinstance(channels_last, (str, bool)):
+    if channels_last != "auto" and not isinstance(channels_last, bool):
         raise UsageError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise UsageError(f"out must be a folder path (a str or pathlib.Path) or None, got {type(out).__name__}")
