@@ -3,6 +3,8 @@
 Same model, same data (tensors already in memory), same optimizer (AdamW) and batch size.
 Each trainer runs E1 and E2 epochs; the per-step time is (t(E2) - t(E1)) / extra steps, so
 start-up costs (imports, first-batch checks, the audit) cancel out. Median of `--repeats`.
+`fit` runs with channels_last=False so that it does the same arithmetic as the raw loop: this
+measures the loop's own cost, not the layout (benchmarks/layout.py measures that).
 
 Then the whole run, start-up included, of about 10 seconds: the raw loop, `fit` writing
 nothing (`out=None`) and `fit` writing its run directory (checkpoint every epoch, metrics,
@@ -71,7 +73,7 @@ def raw_loop(build, x, y, epochs, batch_size):
 def endtoend_fit(build, x, y, epochs, batch_size, guard=True):
     torch.manual_seed(0)
     endtoend.fit(build(), (x, y), epochs=epochs, batch_size=batch_size, schedule="constant",
-                 progress=False, audit="off", precision="fp32", guard=guard)
+                 progress=False, audit="off", precision="fp32", guard=guard, channels_last=False)
     _sync()
 
 
@@ -146,7 +148,7 @@ def whole_run_seconds(build, x, y, epochs, repeats) -> dict[str, float]:
     def fit_to(out):
         torch.manual_seed(0)
         endtoend.fit(build(), (x, y), epochs=epochs, batch_size=64, schedule="constant", progress=False,
-                     precision="fp32", out=out, **({} if out else {"audit": "off"}))
+                     precision="fp32", channels_last=False, out=out, **({} if out else {"audit": "off"}))
         _sync()
 
     def fit_with_run_directory():
@@ -169,13 +171,14 @@ def main() -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one repeat, smaller data")
     args = parser.parse_args()
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     x, y = (t.to(DEVICE) for t in data(1024 if args.quick else 2048))
     repeats = 1 if args.quick else args.repeats
     try:
         import lightning  # noqa: F401
+        # after the import: importing lightning sets its loggers to INFO (the GPU/TPU lines, tips)
+        logging.getLogger("lightning").setLevel(logging.ERROR)
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         trainers = {"raw loop": raw_loop, "endtoend.fit": endtoend_fit, "fit, guard=False": endtoend_fit_without_guard,
                     "Lightning": lightning_fit}
     except ImportError:

@@ -102,8 +102,6 @@ def main() -> list[dict]:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2 epochs on 1,024 images (accuracy not reached)")
     args, _ = parser.parse_known_args()
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     splits = mnist5k.load_data()
     train, test = splits.train, splits.test
@@ -113,6 +111,9 @@ def main() -> list[dict]:
     rows = {"endtoend.fit": lambda seed: with_fit(train, test, epochs, seed)}
     try:
         import lightning  # noqa: F401
+        # after the import: importing lightning sets its loggers to INFO (the GPU/TPU lines, tips)
+        logging.getLogger("lightning").setLevel(logging.ERROR)
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         rows["Lightning, DataLoader, 0 workers"] = lambda seed: with_lightning(train, test, epochs, seed, 0)
         rows["Lightning, DataLoader, 2 workers"] = lambda seed: with_lightning(train, test, epochs, seed, 2)
     except ImportError:
