@@ -39,3 +39,45 @@ def save(name: str, rows: list[dict], command: str) -> None:
                      "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "rows": rows}
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+# RESULTS.md keeps the written analysis; `make bench` rewrites only the part between these lines.
+BEGIN = "<!-- make bench writes from here to the end marker: do not edit by hand -->"
+END = "<!-- end of what make bench writes -->"
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown(results: dict) -> str:
+    """Every benchmark's rows as a table, each with its command, machine and time of measuring."""
+    parts = [BEGIN, "## The latest `make bench`, as measured", "",
+             "Written by `benchmarks/run_all.py` from benchmarks/results.json; the sections above",
+             "say what the figures mean and compare runs.", ""]
+    for name, entry in results.items():
+        m = entry["machine"]
+        where = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
+        parts += [f"### {name}", "",
+                  f"`{entry['command']}` on {where}, torch {m['torch']}, Python {m['python']}, "
+                  f"commit {m['commit']}, {entry['measured']}", ""]
+        columns = list(dict.fromkeys(key for row in entry["rows"] for key in row))
+        parts += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        parts += ["| " + " | ".join(_cell(row.get(key, "")) for key in columns) + " |" for row in entry["rows"]]
+        parts.append("")
+    return "\n".join(parts + [END]) + "\n"
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    """Replace the generated part of `path` (append it the first time); the rest stays as written."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1].lstrip("\n")
+    else:
+        before, after = (text.rstrip("\n") + "\n\n") if text else "", ""
+    path.write_text(before + markdown(results) + (("\n" + after) if after else ""))

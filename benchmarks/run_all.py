@@ -1,13 +1,17 @@
 """`make bench`: run every benchmark in this folder, one after the other, and print their tables.
 
-The rows of those that record them go to benchmarks/results.json (record.py), with the machine.
-Copy what matters into benchmarks/RESULTS.md with the machine and the command.
+The rows of those that record them go to benchmarks/results.json (record.py), with the machine,
+and from there into the last section of benchmarks/RESULTS.md, which this script rewrites; the
+sections above it are written by hand (what the figures mean, earlier runs).
 """
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import record
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["overhead.py", "audit_cost.py", "stability_costs.py", "scaling.py", "efficiency.py", "layout.py",
@@ -23,6 +27,8 @@ if __name__ == "__main__":
         print(f"\n=== {name} ===", flush=True)
         if subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]], env=env).returncode != 0:
             failed.append(name)
-    print(f"\nrows written to {results}")
+    if results.exists():
+        record.write_markdown(json.loads(results.read_text()), HERE / "RESULTS.md")
+    print(f"\nrows written to {results} and the last section of {HERE / 'RESULTS.md'}")
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
