@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -21,6 +22,7 @@ from rich.table import Table
 from torch import nn
 
 from endtoend.audit import audit
+from record import save
 
 
 def small_cnn():
@@ -100,6 +102,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    rows = []
     table = Table(title=f"audit cost on CPU ({args.threads} thread(s), median of {args.repeats})")
     for column in ("model", "parameters", "train step (ms)", "audit (ms)", "audit / step"):
         table.add_column(column, justify="right" if column != "model" else "left")
@@ -123,7 +126,10 @@ def main() -> None:
         audit_s = median_seconds(check, args.repeats)
         size = sum(p.numel() for p in model.parameters())
         table.add_row(name, f"{size:,}", f"{step_s * 1e3:.1f}", f"{audit_s * 1e3:.1f}", f"{audit_s / step_s:.2f}x")
+        rows.append({"model": name, "parameters": size, "threads": args.threads, "train_step_ms": step_s * 1e3,
+                     "audit_ms": audit_s * 1e3, "audit_per_step": audit_s / step_s})
     Console().print(table)
+    save("audit_cost", rows, "python " + " ".join(sys.argv))
 
 
 if __name__ == "__main__":
