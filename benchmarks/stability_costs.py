@@ -57,9 +57,14 @@ from endtoend.train.stability import all_finite, clip_gradients, first_non_finit
 
 # --- machine facts -------------------------------------------------------------------------
 
+def cpu_flags() -> set[str]:
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    return set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+
+
 def machine(dev: torch.device) -> dict:
     info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    flags = cpu_flags()
     model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
     family = re.search(r"^cpu family\s*:\s*(\d+)", info, re.M)
     number = re.search(r"^model\s*:\s*(\d+)", info, re.M)
@@ -228,11 +233,12 @@ def precision_table(dev: torch.device, steps: int) -> tuple[list[str], list[list
     return header, rows
 
 ISA_CAPS = {
-    # label: environment that caps every kernel library torch uses on x86
+    # label: (the CPU flag the cap needs, environment that caps every kernel library torch uses on x86)
     "AVX512_CORE (AVX-512, no BF16: Skylake-SP, Cascade Lake)":
-        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512", "ATEN_CPU_CAPABILITY": "avx512"},
+        ("avx512f", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                     "ATEN_CPU_CAPABILITY": "avx512"}),
     "AVX2 (no AVX-512: most desktops and laptops, Zen 1-3)":
-        {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+        ("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}),
 }
 
 
@@ -260,8 +266,12 @@ def precision_child(steps: int) -> dict:
 
 
 def capped_precision_table(steps: int, threads: int) -> list[list]:
-    rows = []
-    for label, caps in {"this CPU, native": {}, **ISA_CAPS}.items():
+    rows, flags = [], cpu_flags()
+    for label, (needs, caps) in {"this CPU, native": (None, {}), **ISA_CAPS}.items():
+        if needs and needs not in flags:
+            # a cap above what the CPU has would force ATen's kernels for it: SIGILL
+            rows.append([label, f"not run: this CPU lacks {needs}", "", "", "", "", ""])
+            continue
         done = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--precision-child", str(steps)],
                               capture_output=True, text=True, env=dict(os.environ, **caps), check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
