@@ -35,7 +35,8 @@ def save(name: str, rows: list[dict], command: str) -> None:
     if not path:
         return
     results = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-    results[name] = {"command": command, "machine": machine(),
+    repository = str(Path(__file__).resolve().parents[1]) + os.sep  # commands as typed in its root
+    results[name] = {"command": command.replace(repository, ""), "machine": machine(),
                      "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "rows": rows}
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
