@@ -20,7 +20,11 @@ import torch
 def machine() -> dict:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    facts = {"cpu": model.group(1).strip() if model else platform.processor(), "cores": os.cpu_count(),
+    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    # the same CPU name is lent with and without AVX-512, and oneDNN's kernels differ by it
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    facts = {"cpu": model.group(1).strip() if model else platform.processor(), "vector_isa": vector,
+             "cores": os.cpu_count(),
              "torch": torch.__version__, "python": platform.python_version(),
              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -62,7 +66,8 @@ def markdown(results: dict) -> str:
              "say what the figures mean and compare runs.", ""]
     for name, entry in results.items():
         m = entry["machine"]
-        where = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
+        where = (f"{m['cpu']}" + (f" ({m['vector_isa']})" if m.get("vector_isa") else "") + f", {m['cores']} cores"
+                 + (f", {m['gpu']}" if m.get("gpu") else ""))
         parts += [f"### {name}", "",
                   f"`{entry['command']}` on {where}, torch {m['torch']}, Python {m['python']}, "
                   f"commit {m['commit']}, {entry['measured']}", ""]

@@ -35,3 +35,12 @@ def test_the_generated_section_replaces_itself_and_keeps_what_was_written_by_han
     assert "| raw \\| loop | 2.5 | true |  |" in second and "1.235" not in second
     assert second.startswith("# Measured results\n\nWritten by hand.\n")
     assert second.endswith("## Added later by hand\n")
+
+
+def test_the_machine_line_names_the_vector_instruction_set_when_recorded(tmp_path):
+    results = _results(1.0)
+    results["overhead"]["machine"]["vector_isa"] = "AVX-512"
+    path = tmp_path / "RESULTS.md"
+    record.write_markdown(results, path)
+    assert "on Some CPU (AVX-512), 2 cores, torch 2.x" in path.read_text()
+    assert record.machine()["vector_isa"] in {"AVX-512", "AVX2", None}
