@@ -17,10 +17,20 @@ from pathlib import Path
 import torch
 
 
+def cpu_info() -> str:
+    return Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    line = re.search(r"^flags\s*:\s*(.*)$", cpu_info(), re.M)
+    return set(line.group(1).split()) if line else set()
+
+
 def machine() -> dict:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    info = cpu_info()
     model = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
+    flags = cpu_flags()
     # the same CPU name is lent with and without AVX-512, and oneDNN's kernels differ by it
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
     facts = {"cpu": model.group(1).strip() if model else platform.processor(), "vector_isa": vector,

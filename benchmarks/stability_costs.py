@@ -53,14 +53,10 @@ import endtoend
 from endtoend import Progressive
 from endtoend.train.memory import checkpoint_blocks
 from endtoend.train.stability import all_finite, clip_gradients, first_non_finite
+from record import cpu_flags  # benchmarks/record.py: this script runs from benchmarks/
 
 
 # --- machine facts -------------------------------------------------------------------------
-
-def cpu_flags() -> set[str]:
-    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split()) if "flags" in info else set()
-
 
 def machine(dev: torch.device) -> dict:
     info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
